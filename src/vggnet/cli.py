@@ -1,0 +1,107 @@
+"""Command line: ``vggnet train|summary``, a thin layer over the Python API.
+
+Every command maps to one function; a bad argument gets one clear line on stderr
+and exit code 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from .configs import RECIPES, get_recipe
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a VGG (default: VGG-16-BN on CIFAR-10, fast recipe)")
+    p.add_argument("--config", default="D", help="Table 1 configuration: A, A-LRN, B, C, D, E or vgg16_bn ...")
+    p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="BatchNorm after every conv (default: on for D; as the name says for vgg*_bn)")
+    p.add_argument("--recipe", default="fast", help=f"hyper-parameter set: {', '.join(RECIPES)}")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    p.add_argument("--lr", type=float, help="override the recipe's (peak) learning rate")
+    p.add_argument("--weight-decay", type=float, help="override the recipe's weight decay")
+    p.add_argument("--init", choices=["paper", "glorot", "kaiming"], help="override the recipe's initialisation")
+    p.add_argument("--precision", choices=["bf16", "fp32"], help="bf16 autocast (default where supported) or fp32")
+    p.add_argument("--data", help="data set root (train/<class>/*, test/<class>/*) or cifar-10-python.tar.gz; "
+                                  "default: $VGGNET_DATA or ../shared/data/cifar10-jpeg")
+    p.add_argument("--download", metavar="DIR", help="download the official CIFAR-10 archive into DIR (MD5-checked)")
+    p.add_argument("--out", default="runs/vgg16_bn-cifar10", help="run folder (checkpoints, metrics, plots)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = the paper's widths)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--limit-train", type=int, default=0, help="train on a random subset of N images")
+    p.add_argument("--limit-test", type=int, default=0, help="test on a random subset of N images")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .train import RunSettings, train
+    overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                                   "weight_decay": args.weight_decay, "init": args.init,
+                                   "precision": args.precision}.items() if v is not None}
+    recipe = get_recipe(args.recipe).replace(**overrides)
+    default_bn = True if args.config.upper() == "D" and args.batch_norm is None else args.batch_norm
+    settings = RunSettings(config=args.config, batch_norm=default_bn, recipe=recipe, data=args.data,
+                           download=args.download, out=args.out, seed=args.seed, val_size=args.val_size,
+                           width=args.width, threads=args.threads, limit_train=args.limit_train,
+                           limit_test=args.limit_test)
+    result = train(settings, resume=args.resume)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_summary(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("summary", help="per-layer table: shapes, memory, parameters, MACs, receptive field")
+    p.add_argument("--config", default="D")
+    p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--input", type=int, nargs="+", default=[224], metavar="SIZE",
+                   help="input side (or height width), default 224")
+    p.add_argument("--head", default=None, help="paper, dense or cifar (default: cifar below 224 px, else paper)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.set_defaults(func=_run_summary)
+
+
+def _run_summary(args: argparse.Namespace) -> int:
+    from .summary import format_summary, summarize
+    if len(args.input) > 2:
+        raise ValueError("--input takes one size or a height and a width")
+    h, w = args.input[0], args.input[-1]
+    head = args.head or ("paper" if min(h, w) >= 224 else "cifar")
+    rows = summarize(args.config, batch_norm=args.batch_norm, input_size=(h, w), head=head,
+                     num_classes=args.num_classes)
+    print(format_summary(rows, args.format))
+    return 0
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_summary]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vggnet", description="VGGNet (Simonyan & Zisserman, 2014) on PyTorch")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+        print(f"vggnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vggnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The paper's tables as data: Table 1 (configurations) and the training recipes.
+
+Table 1 is written in the paper's own notation, one token per row of the table:
+``conv3-64`` is a 3x3 convolution with 64 output channels, ``conv1-256`` a 1x1
+convolution (configuration C), ``LRN`` AlexNet's local response normalisation
+(configuration A-LRN) and ``maxpool`` a 2x2 max-pool with stride 2. One builder
+loop in :mod:`vggnet.model` turns a token list into layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+# Table 1 of Simonyan & Zisserman (2014), column by column. "B-5x5" is the shallow
+# control net of section 4.1 (each pair of 3x3 convs of B replaced by one 5x5 conv
+# with the same receptive field); it is not one of Table 1's columns.
+CONFIGS: dict[str, list[str]] = {
+    "A": ["conv3-64", "maxpool", "conv3-128", "maxpool",
+          "conv3-256", "conv3-256", "maxpool",
+          "conv3-512", "conv3-512", "maxpool",
+          "conv3-512", "conv3-512", "maxpool"],
+    "A-LRN": ["conv3-64", "LRN", "maxpool", "conv3-128", "maxpool",
+              "conv3-256", "conv3-256", "maxpool",
+              "conv3-512", "conv3-512", "maxpool",
+              "conv3-512", "conv3-512", "maxpool"],
+    "B": ["conv3-64", "conv3-64", "maxpool", "conv3-128", "conv3-128", "maxpool",
+          "conv3-256", "conv3-256", "maxpool",
+          "conv3-512", "conv3-512", "maxpool",
+          "conv3-512", "conv3-512", "maxpool"],
+    "C": ["conv3-64", "conv3-64", "maxpool", "conv3-128", "conv3-128", "maxpool",
+          "conv3-256", "conv3-256", "conv1-256", "maxpool",
+          "conv3-512", "conv3-512", "conv1-512", "maxpool",
+          "conv3-512", "conv3-512", "conv1-512", "maxpool"],
+    "D": ["conv3-64", "conv3-64", "maxpool", "conv3-128", "conv3-128", "maxpool",
+          "conv3-256", "conv3-256", "conv3-256", "maxpool",
+          "conv3-512", "conv3-512", "conv3-512", "maxpool",
+          "conv3-512", "conv3-512", "conv3-512", "maxpool"],
+    "E": ["conv3-64", "conv3-64", "maxpool", "conv3-128", "conv3-128", "maxpool",
+          "conv3-256", "conv3-256", "conv3-256", "conv3-256", "maxpool",
+          "conv3-512", "conv3-512", "conv3-512", "conv3-512", "maxpool",
+          "conv3-512", "conv3-512", "conv3-512", "conv3-512", "maxpool"],
+    "B-5x5": ["conv5-64", "maxpool", "conv5-128", "maxpool",
+              "conv5-256", "maxpool", "conv5-512", "maxpool", "conv5-512", "maxpool"],
+}
+
+# Common names -> (configuration, batch_norm). torchvision's builders name D "vgg16".
+ALIASES: dict[str, tuple[str, bool]] = {
+    "vgg11": ("A", False), "vgg11_bn": ("A", True),
+    "vgg11_lrn": ("A-LRN", False),
+    "vgg13": ("B", False), "vgg13_bn": ("B", True),
+    "vgg16_c": ("C", False), "vgg16_c_bn": ("C", True),
+    "vgg16": ("D", False), "vgg16_bn": ("D", True),
+    "vgg19": ("E", False), "vgg19_bn": ("E", True),
+}
+
+# Table 2 of the paper, exact counts for 1000 classes (as torchvision's VGGs).
+PARAMETER_COUNTS: dict[str, int] = {
+    "A": 132_863_336, "A-LRN": 132_863_336, "B": 133_047_848,
+    "C": 133_638_952, "D": 138_357_544, "E": 143_667_240,
+}
+
+# LRN of A-LRN (section 2.2, AlexNet's setting: size 5, alpha 1e-4, beta 0.75, k 2).
+LRN_SETTINGS = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
+
+
+def resolve_config(name: str, batch_norm: bool | None = None) -> tuple[str, bool]:
+    """Map "d", "vgg16_bn", "A-LRN" ... to (Table 1 letter, batch_norm); ValueError if unknown."""
+    key = name.strip()
+    for letter in CONFIGS:
+        if key.upper() == letter.upper():
+            return letter, bool(batch_norm)
+    lowered = key.lower().replace("-", "_")
+    if lowered in ALIASES:
+        letter, bn = ALIASES[lowered]
+        return letter, bn if batch_norm is None else bool(batch_norm)
+    valid = ", ".join(list(CONFIGS) + list(ALIASES))
+    raise ValueError(f"unknown VGG configuration {name!r}; valid names: {valid}")
+
+
+def parse_token(token: str) -> tuple[str, int, int]:
+    """Split a Table 1 token into (kind, kernel, channels): ("conv", 3, 64), ("pool", 2, 0), ("lrn", 5, 0)."""
+    if token == "maxpool":
+        return "pool", 2, 0
+    if token == "LRN":
+        return "lrn", int(LRN_SETTINGS["size"]), 0
+    kind, _, channels = token.partition("-")
+    if not kind.startswith("conv") or not channels.isdigit():
+        raise ValueError(f"bad Table 1 token {token!r}")
+    return "conv", int(kind[4:]), int(channels)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of training hyper-parameters; the resolved recipe is saved with every run."""
+
+    name: str
+    optimizer: str = "sgd"            # "sgd" (momentum) is the paper's (section 3.1)
+    lr: float = 0.01                  # peak learning rate, for batch_size examples
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4        # L2 multiplier, paper 3.1
+    decay_norm_and_bias: bool = True  # False: no weight decay on BN parameters and biases
+    schedule: str = "plateau"         # "plateau" (x0.1 when val acc stalls) or "onecycle"
+    plateau_patience: int = 2         # epochs without val improvement before a cut
+    plateau_factor: float = 0.1
+    max_lr_cuts: int = 3              # paper: stopped after three cuts
+    warmup_epochs: float = 0.0        # linear warm-up from 0 (onecycle)
+    epochs: int = 74                  # paper: 74 epochs on ImageNet
+    batch_size: int = 256             # paper: 256
+    label_smoothing: float = 0.0
+    dropout: float = 0.5              # dropout of the first two FC layers
+    init: str = "paper"               # "paper" N(0, 0.01), "glorot", "kaiming"
+    head: str = "cifar"               # classifier head for 32x32 inputs
+    crop_padding: int = 4             # random crop with this zero padding (CIFAR-scale data)
+    flip: bool = True                 # random horizontal flip
+    tta_flip: bool = True             # average logits over the image and its mirror at eval
+    precision: str = "bf16"           # "bf16" autocast (where the CPU supports it) or "fp32"
+
+    def replace(self, **changes: object) -> "Recipe":
+        """A copy with some fields changed (the CLI's overrides)."""
+        return dataclasses.replace(self, **changes)
+
+
+RECIPES: dict[str, Recipe] = {
+    # Section 3.1: SGD momentum 0.9, batch 256, wd 5e-4, dropout 0.5, lr 1e-2 divided
+    # by 10 when validation accuracy stops improving, stopped after three cuts.
+    "paper": Recipe(name="paper", init="kaiming"),
+    # Ours, for a short CPU budget: nesterov SGD, a linear warm-up then linear decay to
+    # zero, label smoothing, no decay on BN and biases, flip test-time average.
+    "fast": Recipe(name="fast", lr=0.1, nesterov=True, weight_decay=5e-4,
+                   decay_norm_and_bias=False, schedule="onecycle", warmup_epochs=2.0,
+                   epochs=32, batch_size=256, label_smoothing=0.1, dropout=0.0,
+                   init="kaiming"),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``; ValueError listing the valid names otherwise."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}")
+    return RECIPES[name]

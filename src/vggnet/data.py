@@ -1,0 +1,269 @@
+"""Data: image folders and the CIFAR-10 archive, decoded once into uint8 tensors.
+
+Small data sets (CIFAR scale) live in memory as one (N, 3, H, W) uint8 tensor,
+cached on disk as safetensors keyed by the folder listing, and batches are index
+slices augmented as whole tensors (airbench style). Preprocessing is the paper's
+(section 2.1): subtract the mean RGB of the training set, optionally divide by the std.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torchvision.io import ImageReadMode, decode_image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+DEFAULT_LOCATIONS = ("data/cifar10", "data/cifar10-jpeg", "../shared/data/cifar10-jpeg")
+
+
+class DataError(ValueError):
+    """Bad or missing data; the message names the path and what to do."""
+
+
+@dataclass
+class TensorData:
+    """A decoded data set: images (N, 3, H, W) uint8, labels (N,) int64, class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "TensorData":
+        return TensorData(self.images[index], self.labels[index], self.classes)
+
+
+def _is_dataset_root(path: Path) -> bool:
+    return (path / "train").is_dir() or (path / "cifar-10-python.tar.gz").is_file()
+
+
+def find_data(path: str | os.PathLike | None = None) -> Path:
+    """The data set root: ``path``, else $VGGNET_DATA (the root or a folder holding
+    ``cifar10-jpeg``), else the default locations; DataError listing where it looked."""
+    tried: list[Path] = []
+    candidates: list[Path] = []
+    if path is not None:
+        candidates.append(Path(path))
+    elif os.environ.get("VGGNET_DATA"):
+        env = Path(os.environ["VGGNET_DATA"])
+        candidates += [env, env / "cifar10-jpeg", env / "cifar10"]
+    else:
+        candidates += [Path(p) for p in DEFAULT_LOCATIONS]
+    for cand in candidates:
+        tried.append(cand.resolve())
+        if _is_dataset_root(cand) or cand.name.endswith(".tar.gz") and cand.is_file():
+            return cand
+    looked = ", ".join(str(t) for t in tried)
+    raise DataError(f"no data set found (looked in: {looked}); point at a folder with train/<class>/ "
+                    "images or cifar-10-python.tar.gz with --data PATH or VGGNET_DATA, or pass --download")
+
+
+def list_image_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    """Files of ``root/<class>/*`` as (path, class index), classes sorted by name (the
+    ImageNet convention: index = position in the sorted folder names)."""
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class folders (expected {root}/<class>/<image>)")
+    items: list[tuple[Path, int]] = []
+    empty = []
+    for idx, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            empty.append(name)
+        items += [(p, idx) for p in files]
+    if empty:
+        raise DataError(f"{root}: class folders without images: {', '.join(empty)}")
+    return items, classes
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """Any image file as (3, H, W) uint8 RGB: grayscale, alpha, palette, 16-bit and CMYK
+    files are converted; a DataError names a file that cannot be decoded."""
+    try:
+        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        image = decode_image(data, mode=ImageReadMode.RGB)
+    except Exception as exc:  # torchvision raises RuntimeError for corrupt files
+        return _read_with_pil(path, exc)
+    if image.dtype != torch.uint8:  # 16-bit PNG
+        image = (image.to(torch.int32) >> 8).to(torch.uint8)
+    return image
+
+
+def _read_with_pil(path: Path, first_error: Exception) -> torch.Tensor:
+    """Fallback for formats torchvision does not decode (CMYK JPEG on some builds, GIF, TIFF)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                img = img.point(lambda v: v / 256).convert("L")
+            rgb = img.convert("RGB")
+    except Exception as exc:
+        raise DataError(f"{path}: cannot decode image ({exc or first_error})") from None
+    return torch.from_numpy(__import__("numpy").asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+
+
+def _listing_key(items: list[tuple[Path, int]]) -> str:
+    """A hash of every file's name, size and mtime: a changed folder gets a new cache."""
+    h = hashlib.sha1()
+    for path, label in items:
+        st = path.stat()
+        h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("VGGNET_CACHE", Path.home() / ".cache" / "vggnet"))
+
+
+def load_folder_tensors(root: Path, use_cache: bool = True) -> TensorData:
+    """Decode every image of ``root/<class>/`` once into a uint8 tensor (all the same size),
+    cached as safetensors keyed by the listing."""
+    items, classes = list_image_folder(root)
+    key = _listing_key(items)
+    cached = cache_dir() / f"{root.resolve().name}-{key}.safetensors"
+    if use_cache and cached.is_file():
+        tensors = load_file(cached)
+        return TensorData(tensors["images"], tensors["labels"], classes)
+    images = [read_image(p) for p, _ in items]
+    shapes = {tuple(im.shape) for im in images}
+    if len(shapes) != 1:
+        raise DataError(f"{root}: images have different sizes {sorted(shapes)[:3]}...; "
+                        "use the streaming loader for such data sets")
+    data = TensorData(torch.stack(images), torch.tensor([y for _, y in items], dtype=torch.int64), classes)
+    if use_cache:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        save_file({"images": data.images, "labels": data.labels}, str(tmp))
+        os.replace(tmp, cached)
+    return data
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """The CIFAR batches are pickles: allow only what numpy arrays need, never arbitrary code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201
+        if (module, name) not in self.ALLOWED:
+            raise DataError(f"refusing to unpickle {module}.{name} from the CIFAR archive")
+        return super().find_class(module, name)
+
+
+def load_cifar_archive(archive: Path) -> tuple[TensorData, TensorData]:
+    """(train, test) from the official ``cifar-10-python.tar.gz``."""
+    splits: dict[str, list[dict]] = {"train": [], "test": []}
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in sorted(tar.getmembers(), key=lambda m: m.name):
+            base = Path(member.name).name
+            split = "train" if base.startswith("data_batch") else "test" if base == "test_batch" else None
+            if split:
+                fh = tar.extractfile(member)
+                assert fh is not None
+                splits[split].append(_NumpyOnlyUnpickler(fh, encoding="bytes").load())
+    if not splits["train"] or not splits["test"]:
+        raise DataError(f"{archive}: not a CIFAR-10 python archive (no data_batch_* / test_batch)")
+
+    def stack(batches: list[dict]) -> TensorData:
+        images = torch.cat([torch.from_numpy(b[b"data"]).reshape(-1, 3, 32, 32) for b in batches])
+        labels = torch.cat([torch.tensor(b[b"labels"], dtype=torch.int64) for b in batches])
+        return TensorData(images.contiguous(), labels, list(CIFAR10_CLASSES))
+
+    return stack(splits["train"]), stack(splits["test"])
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, md5: str) -> Path:
+    """Fetch ``url`` to ``dest`` (via a temporary name) and check its MD5; a bad file is removed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_file() and md5sum(dest) == md5:
+        return dest
+    tmp = dest.with_name(dest.name + ".part")
+    with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
+    got = md5sum(tmp)
+    if got != md5:
+        tmp.unlink()
+        raise DataError(f"{url}: MD5 mismatch (got {got}, expected {md5}); the download was removed")
+    os.replace(tmp, dest)
+    return dest
+
+
+def load_dataset(path: str | os.PathLike | None = None, download_to: Path | None = None,
+                 url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> tuple[TensorData, TensorData]:
+    """(train, test) from a folder with train/ and test/ image folders or the CIFAR archive;
+    ``download_to`` fetches the official CIFAR-10 archive first."""
+    if download_to is not None:
+        root = download(url, Path(download_to) / "cifar-10-python.tar.gz", md5)
+    else:
+        root = find_data(path)
+    archive = root if root.is_file() else root / "cifar-10-python.tar.gz"
+    if archive.is_file() and not (root.is_dir() and (root / "train").is_dir()):
+        return load_cifar_archive(archive)
+    train, test = load_folder_tensors(root / "train"), load_folder_tensors(root / "test")
+    if train.classes != test.classes:
+        raise DataError(f"{root}: train and test have different classes")
+    return train, test
+
+
+def split_validation(data: TensorData, size: int, seed: int) -> tuple[TensorData, TensorData]:
+    """(train, validation): ``size`` images held out by a seeded permutation."""
+    if not 0 <= size < len(data):
+        raise DataError(f"validation size {size} must be below the {len(data)} training images")
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return data.subset(perm[size:].sort().values), data.subset(perm[:size].sort().values)
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Mean and std per RGB channel on the 0..255 scale (section 2.1: mean RGB subtraction)."""
+    x = images.to(torch.float64)
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+
+def normalize(images: torch.Tensor, mean: list[float], std: list[float] | None) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32, mean RGB subtracted, divided by std when given."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std if std else [1.0, 1.0, 1.0], dtype=torch.float32).view(1, 3, 1, 1)
+    return (images.to(torch.float32) - m) / s
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Batched augmentation: a random crop of the original size from the reflect-padded
+    batch and a random horizontal flip, one gather for the whole batch."""
+    n, c, h, w = x.shape
+    if padding > 0:
+        padded = torch.nn.functional.pad(x, (padding,) * 4, mode="reflect")
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]     # (n, 1, h, 1)
+        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]     # (n, 1, 1, w)
+        x = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    if flip:
+        mask = torch.rand(n, generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+    return x

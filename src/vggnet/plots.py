@@ -1,0 +1,46 @@
+"""PNG plots of a run: loss and accuracy curves, and the test confusion matrix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def plot_curves(metrics: Path, out: Path) -> None:
+    """Training loss, training and validation accuracy per epoch, from ``metrics.jsonl``."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [r["train_loss"] for r in rows], marker="o")
+    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
+    ax2.plot(epochs, [r["train_acc"] for r in rows], marker="o", label="train (augmented)")
+    ax2.plot(epochs, [r["val_acc"] for r in rows], marker="o", label="validation")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path) -> None:
+    """Row-normalised confusion matrix with the counts written in each cell."""
+    norm = confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
+    ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=90)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title="test confusion matrix")
+    if len(classes) <= 20:
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

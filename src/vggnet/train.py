@@ -1,0 +1,332 @@
+"""Training: one loop for every recipe of :data:`vggnet.configs.RECIPES`.
+
+Batches are index slices of the uint8 tensor cache, augmented as whole tensors;
+the step runs in bf16 autocast and channels-last where the CPU supports it. Every
+epoch appends to ``metrics.jsonl`` and writes an atomic checkpoint (safetensors with
+its JSON metadata in the header), so ``--resume`` continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, safe_open, save_file
+from tqdm import tqdm
+
+from .configs import Recipe, get_recipe
+from .data import TensorData, channel_stats, load_dataset, normalize, random_crop_flip, split_validation
+from .model import VGG, build_model
+
+
+@dataclass
+class RunSettings:
+    """What to train and where; the recipe holds the hyper-parameters."""
+
+    config: str = "D"                    # Table 1 letter or name ("vgg16_bn")
+    batch_norm: bool | None = True       # None: as the name says
+    recipe: Recipe = field(default_factory=lambda: get_recipe("fast"))
+    data: str | None = None              # data set root; None: $VGGNET_DATA or defaults
+    download: str | None = None          # folder to download the CIFAR-10 archive into
+    out: str = "runs/vgg16_bn-cifar10"   # run folder
+    seed: int = 0
+    val_size: int = 5000                 # held out of train for the schedule and best checkpoint
+    width: float = 1.0                   # channel multiplier (tests use 1/16)
+    divide_std: bool = True              # divide by the per-channel std after mean subtraction
+    threads: int = 0                     # torch threads; 0 keeps torch's default
+    limit_train: int = 0                 # use only the first N training images (0: all)
+    limit_test: int = 0
+    log_every: int = 20                  # steps between progress-bar updates
+
+
+def bf16_supported() -> bool:
+    """True where the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast(precision: str) -> torch.autocast:
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16" and bf16_supported())
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """Weight decay on conv/FC weights; BN parameters and biases (1-d tensors) optionally spared."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 and not decay_norm_and_bias else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def onecycle_lr(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up from peak/10 to peak over ``warmup`` steps, then linear decay to 0."""
+    if step < warmup:
+        return peak * (0.1 + 0.9 * step / warmup)
+    return peak * max(0.0, (total - step) / max(1, total - warmup))
+
+
+class Trainer:
+    """Holds the model, data, optimizer and schedule of one run; ``fit`` runs it."""
+
+    def __init__(self, settings: RunSettings, resume: bool = False) -> None:
+        self.s, self.r = settings, settings.recipe
+        self.out = Path(settings.out)
+        self._check_out_dir()
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        torch.manual_seed(settings.seed)
+        random.seed(settings.seed)
+        train, self.test = load_dataset(settings.data, Path(settings.download) if settings.download else None)
+        if settings.limit_train:
+            train = train.subset(random_subset(len(train), settings.limit_train, settings.seed))
+        if settings.limit_test:
+            self.test = self.test.subset(random_subset(len(self.test), settings.limit_test, settings.seed))
+        self.train, self.val = split_validation(train, settings.val_size, settings.seed)
+        self.classes = train.classes
+        mean, std = channel_stats(self.train.images)
+        self.mean, self.std = mean, std if settings.divide_std else None
+        self.model = build_model(settings.config, batch_norm=settings.batch_norm, num_classes=len(self.classes),
+                                 head=self.r.head, init=self.r.init, dropout=self.r.dropout,
+                                 width=settings.width).to(memory_format=torch.channels_last)
+        self.opt = torch.optim.SGD(param_groups(self.model, self.r.weight_decay, self.r.decay_norm_and_bias),
+                                   lr=self.r.lr, momentum=self.r.momentum, nesterov=self.r.nesterov)
+        self.steps_per_epoch = max(1, len(self.train) // self.r.batch_size)
+        self.gen = torch.Generator().manual_seed(settings.seed + 1)  # permutation and augmentation
+        self.epoch, self.step, self.lr, self.lr_cuts, self.best_val, self.stale = 0, 0, self.r.lr, 0, -1.0, 0
+        self.stop_requested = False
+        if resume:
+            self.load_checkpoint(self.out / "last.safetensors")
+
+    def _check_out_dir(self) -> None:
+        """Fail before training, not after the first epoch, if the run folder is not writable."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise ValueError(f"output folder {self.out} is not writable: {exc.strerror or exc}") from None
+
+    # ---- one step, one epoch -------------------------------------------------
+    def batch(self, data: TensorData, index: torch.Tensor, augment: bool) -> torch.Tensor:
+        x = normalize(data.images[index], self.mean, self.std)
+        if augment:
+            x = random_crop_flip(x, self.r.crop_padding, self.r.flip, self.gen)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def set_lr(self) -> None:
+        if self.r.schedule == "onecycle":
+            total = self.r.epochs * self.steps_per_epoch
+            warmup = int(self.r.warmup_epochs * self.steps_per_epoch)
+            self.lr = onecycle_lr(self.step, total, warmup, self.r.lr)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr
+
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        perm = torch.randperm(len(self.train), generator=self.gen)
+        loss_sum = correct = seen = 0.0
+        start = time.perf_counter()
+        data_time = 0.0
+        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{self.r.epochs}",
+                   leave=False, disable=None, dynamic_ncols=True)
+        for i in bar:
+            t0 = time.perf_counter()
+            idx = perm[i * self.r.batch_size:(i + 1) * self.r.batch_size]
+            x, y = self.batch(self.train, idx, augment=True), self.train.labels[idx]
+            data_time += time.perf_counter() - t0
+            self.set_lr()
+            with autocast(self.r.precision):
+                logits = self.model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.r.label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch + 1}, step {i + 1}, "
+                                         f"lr {self.lr:.3g}; the last good checkpoint is {self.out / 'last.safetensors'}")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.step += 1
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            if i % self.s.log_every == 0 or i == self.steps_per_epoch - 1:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{self.lr:.3g}",
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}")
+            if self.stop_requested:
+                break
+        elapsed = time.perf_counter() - start
+        return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                "train_time_s": elapsed, "data_time_s": data_time, "images_per_s": seen / elapsed, "lr": self.lr}
+
+    @torch.no_grad()
+    def predict(self, data: TensorData, batch_size: int = 500) -> torch.Tensor:
+        """Logits for a whole data set; with the recipe's tta_flip, averaged with the mirror image."""
+        self.model.eval()
+        out = []
+        for i in range(0, len(data), batch_size):
+            x = self.batch(data, torch.arange(i, min(i + batch_size, len(data))), augment=False)
+            with autocast(self.r.precision):
+                logits = self.model(x).float()
+                if self.r.tta_flip:
+                    logits = (logits + self.model(x.flip(-1)).float()) / 2
+            out.append(logits)
+        return torch.cat(out)
+
+    def after_epoch(self, val_acc: float) -> None:
+        """Paper schedule (3.1): divide lr by 10 when validation accuracy stalls."""
+        improved = val_acc > self.best_val
+        self.stale = 0 if improved else self.stale + 1
+        if self.r.schedule == "plateau" and self.stale >= self.r.plateau_patience:
+            self.lr *= self.r.plateau_factor
+            self.lr_cuts += 1
+            self.stale = 0
+
+    def finished(self) -> bool:
+        if self.epoch >= self.r.epochs:
+            return True
+        return self.r.schedule == "plateau" and self.lr_cuts > self.r.max_lr_cuts - 1 and self.stale >= self.r.plateau_patience
+
+    # ---- the run ----------------------------------------------------------------
+    def fit(self) -> dict:
+        self._write_run_json()
+        previous = signal.signal(signal.SIGTERM, self._on_signal)
+        try:
+            while not self.finished() and not self.stop_requested:
+                stats = self.train_epoch()
+                if self.stop_requested:  # checkpoint mid-epoch state is not exact: keep the last epoch's
+                    break
+                self.epoch += 1
+                t0 = time.perf_counter()
+                val_acc = accuracy(self.predict(self.val), self.val.labels) if len(self.val) else stats["train_acc"]
+                stats.update(epoch=self.epoch, val_acc=val_acc, eval_time_s=time.perf_counter() - t0)
+                is_best = val_acc > self.best_val
+                self.after_epoch(val_acc)
+                self.best_val = max(self.best_val, val_acc)
+                self.save_checkpoint(self.out / "last.safetensors")
+                if is_best:
+                    self.save_checkpoint(self.out / "best.safetensors")
+                with open(self.out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(stats) + "\n")
+                tqdm.write(f"epoch {self.epoch}: loss {stats['train_loss']:.4f} train {stats['train_acc']:.4f} "
+                           f"val {val_acc:.4f} lr {stats['lr']:.4g} {stats['images_per_s']:.0f} img/s "
+                           f"({stats['train_time_s']:.0f} s)")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if self.stop_requested:
+            return {"stopped": True, "epoch": self.epoch}
+        return self.report()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stop_requested = True
+
+    def report(self) -> dict:
+        """Final test accuracy of the last and the best-validation weights; plots and per-class results."""
+        from .plots import plot_confusion, plot_curves
+        final_logits = self.predict(self.test)
+        result = {"final_test_acc": accuracy(final_logits, self.test.labels), "epochs": self.epoch}
+        best = self.out / "best.safetensors"
+        if best.is_file():
+            self.model.load_state_dict(read_checkpoint(best)[0]["model"])
+            best_logits = self.predict(self.test)
+            result["best_val_test_acc"] = accuracy(best_logits, self.test.labels)
+            result["best_val_acc"] = self.best_val
+        confusion = confusion_matrix(final_logits.argmax(1), self.test.labels, len(self.classes))
+        per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
+        result["per_class_acc"] = dict(zip(self.classes, per_class))
+        (self.out / "results.json").write_text(json.dumps(result, indent=2))
+        plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+        plot_confusion(confusion, self.classes, self.out / "confusion.png")
+        return result
+
+    # ---- checkpoints ---------------------------------------------------------------
+    def metadata(self) -> dict:
+        return {"config": self.model.config, "batch_norm": self.model.batch_norm, "head": self.model.head,
+                "num_classes": self.model.num_classes, "width": self.model.width, "dropout": self.model.dropout,
+                "classes": self.classes, "mean": self.mean, "std": self.std, "input_size": int(self.train.images.shape[-1]),
+                "recipe": dataclasses.asdict(self.r)}
+
+    def _write_run_json(self) -> None:
+        settings = dataclasses.asdict(self.s)
+        (self.out / "run.json").write_text(json.dumps({"settings": settings, "model": self.metadata()}, indent=2))
+
+    def save_checkpoint(self, path: Path) -> None:
+        tensors = {f"model.{k}": v.contiguous() for k, v in self.model.state_dict().items()}
+        for i, p in enumerate(p for g in self.opt.param_groups for p in g["params"]):
+            buf = self.opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                tensors[f"optim.{i}"] = buf.contiguous()
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.gen"] = self.gen.get_state()
+        state = {"epoch": self.epoch, "step": self.step, "lr": self.lr, "lr_cuts": self.lr_cuts,
+                 "best_val": self.best_val, "stale": self.stale}
+        write_checkpoint(path, tensors, {"model": self.metadata(), "state": state})
+
+    def load_checkpoint(self, path: Path) -> None:
+        if not path.is_file():
+            raise ValueError(f"cannot resume: no checkpoint at {path}")
+        groups, meta = read_checkpoint(path)
+        m = meta["model"]
+        if (m["config"], m["batch_norm"], m["num_classes"]) != (self.model.config, self.model.batch_norm, self.model.num_classes):
+            raise ValueError(f"{path}: checkpoint is config {m['config']} bn={m['batch_norm']} with {m['num_classes']} "
+                             f"classes, the run wants {self.model.config} bn={self.model.batch_norm} with {self.model.num_classes}")
+        self.model.load_state_dict(groups["model"])
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        for key, buf in groups.get("optim", {}).items():
+            self.opt.state[params[int(key)]]["momentum_buffer"] = buf.clone()
+        torch.set_rng_state(groups["rng"]["torch"])
+        self.gen.set_state(groups["rng"]["gen"])
+        st = meta["state"]
+        self.epoch, self.step, self.lr, self.lr_cuts = st["epoch"], st["step"], st["lr"], st["lr_cuts"]
+        self.best_val, self.stale = st["best_val"], st["stale"]
+
+
+def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write safetensors atomically: a temporary file, fsync, then rename over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"vggnet": json.dumps(meta)})
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """({"model": state_dict, "optim": ..., "rng": ...}, metadata) from a safetensors file."""
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads((fh.metadata() or {}).get("vggnet", "{}"))
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(str(path)).items():
+        group, _, name = key.partition(".")
+        groups.setdefault(group, {})[name] = value
+    return groups, meta
+
+
+def random_subset(n: int, k: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded random subset of ``k`` out of ``n`` (for quick runs on part of a data set)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, n) counts, rows true class, columns predicted."""
+    return torch.bincount(labels * n + pred, minlength=n * n).reshape(n, n)
+
+
+def train(settings: RunSettings | None = None, resume: bool = False) -> dict:
+    """Train one run end to end (the Python API behind ``vggnet train``)."""
+    return Trainer(settings or RunSettings(), resume=resume).fit()
