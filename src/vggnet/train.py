@@ -14,9 +14,11 @@ import math
 import os
 import random
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,8 @@ class RunSettings:
     limit_train: int = 0                 # use only the first N training images (0: all)
     limit_test: int = 0
     log_every: int = 20                  # steps between progress-bar updates
+    stop_after_steps: int = 0            # checkpoint and stop after this many steps of this process (0: never)
+    time_limit_min: float = 0.0          # checkpoint and stop after this many minutes (0: no limit)
 
 
 def bf16_supported() -> bool:
@@ -87,6 +91,7 @@ class Trainer:
         self._check_out_dir()
         if settings.threads:
             torch.set_num_threads(settings.threads)
+        torch.set_flush_denormal(True)  # denormal floats slow CPU kernels up to 100x (measured: BENCHMARKS.md)
         torch.manual_seed(settings.seed)
         random.seed(settings.seed)
         train, self.test = load_dataset(settings.data, Path(settings.download) if settings.download else None)
@@ -106,7 +111,10 @@ class Trainer:
         self.steps_per_epoch = max(1, len(self.train) // self.r.batch_size)
         self.gen = torch.Generator().manual_seed(settings.seed + 1)  # permutation and augmentation
         self.epoch, self.step, self.lr, self.lr_cuts, self.best_val, self.stale = 0, 0, self.r.lr, 0, -1.0, 0
-        self.stop_requested = False
+        self.perm: torch.Tensor | None = None       # this epoch's order; kept to resume mid-epoch
+        self.batch_in_epoch = 0
+        self.partial = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0}
+        self.stop_requested, self.steps_this_process, self.started = False, 0, time.monotonic()
         if resume:
             self.load_checkpoint(self.out / "last.safetensors")
 
@@ -135,17 +143,30 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = self.lr
 
-    def train_epoch(self) -> dict[str, float]:
+    def _should_stop(self) -> bool:
+        s = self.s
+        if s.stop_after_steps and self.steps_this_process >= s.stop_after_steps:
+            return True
+        if s.time_limit_min and time.monotonic() - self.started > 60 * s.time_limit_min:
+            return True
+        return self.stop_requested
+
+    def train_epoch(self) -> dict[str, float] | None:
+        """One pass over the training set (or the rest of it, after a mid-epoch resume);
+        None when stopped early, with the position kept for the checkpoint."""
         self.model.train()
-        perm = torch.randperm(len(self.train), generator=self.gen)
-        loss_sum = correct = seen = 0.0
-        start = time.perf_counter()
-        data_time = 0.0
-        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{self.r.epochs}",
+        if self.perm is None:
+            self.perm, self.batch_in_epoch = torch.randperm(len(self.train), generator=self.gen), 0
+            self.partial = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0}
+        p = self.partial
+        start, data_time, seen_here = time.perf_counter(), 0.0, 0
+        bar = tqdm(range(self.batch_in_epoch, self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{self.r.epochs}",
                    leave=False, disable=None, dynamic_ncols=True)
         for i in bar:
+            if self._should_stop():
+                return None
             t0 = time.perf_counter()
-            idx = perm[i * self.r.batch_size:(i + 1) * self.r.batch_size]
+            idx = self.perm[i * self.r.batch_size:(i + 1) * self.r.batch_size]
             x, y = self.batch(self.train, idx, augment=True), self.train.labels[idx]
             data_time += time.perf_counter() - t0
             self.set_lr()
@@ -158,18 +179,18 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            self.step += 1
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
+            self.step, self.steps_this_process, self.batch_in_epoch = self.step + 1, self.steps_this_process + 1, i + 1
+            p["loss_sum"] += loss.item() * len(y)
+            p["correct"] += (logits.argmax(1) == y).sum().item()
+            p["seen"] += len(y)
+            seen_here += len(y)
             if i % self.s.log_every == 0 or i == self.steps_per_epoch - 1:
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{self.lr:.3g}",
-                                img_s=f"{seen / (time.perf_counter() - start):.0f}")
-            if self.stop_requested:
-                break
+                bar.set_postfix(loss=f"{p['loss_sum'] / p['seen']:.3f}", acc=f"{p['correct'] / p['seen']:.3f}",
+                                lr=f"{self.lr:.3g}", img_s=f"{seen_here / (time.perf_counter() - start):.0f}")
+        self.perm = None
         elapsed = time.perf_counter() - start
-        return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                "train_time_s": elapsed, "data_time_s": data_time, "images_per_s": seen / elapsed, "lr": self.lr}
+        return {"train_loss": p["loss_sum"] / max(p["seen"], 1), "train_acc": p["correct"] / max(p["seen"], 1),
+                "train_time_s": elapsed, "data_time_s": data_time, "images_per_s": seen_here / elapsed, "lr": self.lr}
 
     @torch.no_grad()
     def predict(self, data: TensorData, batch_size: int = 500) -> torch.Tensor:
@@ -202,12 +223,15 @@ class Trainer:
     # ---- the run ----------------------------------------------------------------
     def fit(self) -> dict:
         self._write_run_json()
-        previous = signal.signal(signal.SIGTERM, self._on_signal)
+        previous = _install_stop_handlers(self._on_signal)
         try:
-            while not self.finished() and not self.stop_requested:
+            while not self.finished():
                 stats = self.train_epoch()
-                if self.stop_requested:  # checkpoint mid-epoch state is not exact: keep the last epoch's
-                    break
+                if stats is None:  # stopped mid-epoch: keep the exact position
+                    self.save_checkpoint(self.out / "last.safetensors")
+                    tqdm.write(f"stopped at epoch {self.epoch + 1}, step {self.batch_in_epoch}; "
+                               f"continue with --resume --out {self.out}")
+                    return {"stopped": True, "epoch": self.epoch, "step": self.step}
                 self.epoch += 1
                 t0 = time.perf_counter()
                 val_acc = accuracy(self.predict(self.val), self.val.labels) if len(self.val) else stats["train_acc"]
@@ -224,9 +248,8 @@ class Trainer:
                            f"val {val_acc:.4f} lr {stats['lr']:.4g} {stats['images_per_s']:.0f} img/s "
                            f"({stats['train_time_s']:.0f} s)")
         finally:
-            signal.signal(signal.SIGTERM, previous)
-        if self.stop_requested:
-            return {"stopped": True, "epoch": self.epoch}
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         return self.report()
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -270,8 +293,11 @@ class Trainer:
                 tensors[f"optim.{i}"] = buf.contiguous()
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.gen"] = self.gen.get_state()
+        if self.perm is not None:
+            tensors["epoch.perm"] = self.perm
         state = {"epoch": self.epoch, "step": self.step, "lr": self.lr, "lr_cuts": self.lr_cuts,
-                 "best_val": self.best_val, "stale": self.stale}
+                 "best_val": self.best_val, "stale": self.stale, "batch_in_epoch": self.batch_in_epoch,
+                 "partial": self.partial}
         write_checkpoint(path, tensors, {"model": self.metadata(), "state": state})
 
     def load_checkpoint(self, path: Path) -> None:
@@ -291,15 +317,28 @@ class Trainer:
         st = meta["state"]
         self.epoch, self.step, self.lr, self.lr_cuts = st["epoch"], st["step"], st["lr"], st["lr_cuts"]
         self.best_val, self.stale = st["best_val"], st["stale"]
+        self.perm = groups.get("epoch", {}).get("perm")
+        self.batch_in_epoch, self.partial = st["batch_in_epoch"], st["partial"]
+
+
+def _install_stop_handlers(handler: Callable) -> dict:
+    """Ctrl-C and SIGTERM ask the loop to checkpoint and stop at the next step (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
 def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Write safetensors atomically: a temporary file, fsync, then rename over ``path``."""
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"vggnet": json.dumps(meta)})
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata={"vggnet": json.dumps(meta)})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:

@@ -1,0 +1,49 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_image_folder
+from vggnet.cli import main
+
+
+def test_summary_json(capsys):
+    assert main(["summary", "--config", "D", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["totals"]["params"] == 138_357_544
+    assert data["layers"][0]["output_shape"] == [224, 224, 64]
+
+
+def test_summary_cifar_input(capsys):
+    assert main(["summary", "--config", "vgg16_bn", "--input", "32", "--num-classes", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "pool5    1x1x512" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["summary", "--config", "F"], "unknown VGG configuration 'F'"),
+    (["summary", "--head", "dense", "--input", "100"], "at least 224 px"),
+    (["train", "--recipe", "slow"], "unknown recipe 'slow'"),
+    (["train", "--data", "/nonexistent/data"], "no data set found"),
+])
+def test_bad_arguments_give_one_line(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith(f"vggnet {argv[0]}: error:")
+
+
+def test_python_dash_m_and_console_script():
+    out = subprocess.run([sys.executable, "-m", "vggnet", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "train" in out and "summary" in out
+
+
+def test_train_command_tiny(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=20)
+    argv = ["train", "--config", "A", "--width", "0.0625", "--data", str(data), "--out", str(tmp_path / "run"),
+            "--epochs", "1", "--batch-size", "8", "--val-size", "8", "--init", "glorot", "--precision", "fp32"]
+    assert main(argv) == 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["settings"]["recipe"]["precision"] == "fp32" and run["model"]["config"] == "A"
+    assert run["settings"]["batch_norm"] is None and run["model"]["batch_norm"] is False
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs"] == 1

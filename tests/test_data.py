@@ -1,0 +1,194 @@
+import hashlib
+import http.server
+import io
+import pickle
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import SHARED_DATA, write_image_folder
+from vggnet import data as D
+
+
+def test_find_data_explains_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VGGNET_DATA", raising=False)
+    with pytest.raises(D.DataError, match=r"looked in: .*data/cifar10.*--data PATH or VGGNET_DATA"):
+        D.find_data()
+    with pytest.raises(D.DataError, match=str(tmp_path / "nowhere")):
+        D.find_data(tmp_path / "nowhere")
+    root = write_image_folder(tmp_path / "mydata", per_class=1)
+    monkeypatch.setenv("VGGNET_DATA", str(root))
+    assert D.find_data() == root
+
+
+def test_folder_tensors_and_cache_invalidation(tmp_path):
+    root = write_image_folder(tmp_path / "ds", classes=3, per_class=4)
+    data = D.load_folder_tensors(root / "train")
+    assert data.images.shape == (12, 3, 32, 32) and data.images.dtype == torch.uint8
+    assert data.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert data.classes == ["class0", "class1", "class2"]
+    caches = sorted(D.cache_dir().glob("train-*.safetensors"))
+    assert len(caches) == 1
+    again = D.load_folder_tensors(root / "train")
+    assert torch.equal(again.images, data.images)
+    assert sorted(D.cache_dir().glob("train-*.safetensors")) == caches   # read from the cache
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(root / "train" / "class1" / "extra.png")
+    changed = D.load_folder_tensors(root / "train")
+    assert len(changed) == 13 and changed.images[8].float().mean(dim=(1, 2)).tolist()[0] == 255
+    assert len(list(D.cache_dir().glob("train-*.safetensors"))) == 2
+
+
+def test_folder_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(D.DataError, match="no class folders"):
+        D.list_image_folder(tmp_path / "empty")
+    (tmp_path / "one" / "cats").mkdir(parents=True)
+    with pytest.raises(D.DataError, match="class folders without images: cats"):
+        D.list_image_folder(tmp_path / "one")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(D.DataError, match="bad.jpg: cannot decode"):
+        D.read_image(bad)
+
+
+def _save(img: Image.Image, path: Path, **kw) -> Path:
+    img.save(path, **kw)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "I;16", "CMYK", "RGB"])
+def test_every_colour_mode_becomes_rgb(tmp_path, mode):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    if mode == "I;16":
+        img = Image.fromarray((np.arange(600, dtype=np.uint16).reshape(20, 30) * 100))
+        path = _save(img, tmp_path / "deep.png")
+    elif mode == "CMYK":
+        path = _save(rgb.convert("CMYK"), tmp_path / "cmyk.jpg")
+    else:
+        path = _save(rgb.convert(mode), tmp_path / f"{mode}.png")
+    out = D.read_image(path)
+    assert out.shape == (3, 20, 30) and out.dtype == torch.uint8
+    if mode == "I;16":  # 16-bit values scaled to 8 bits, grey on every channel
+        assert out[0, 0, 1].item() == 100 // 256 and out[0, -1, -1].item() == (599 * 100) // 256
+        assert torch.equal(out[0], out[2])
+    if mode == "RGB":
+        assert torch.equal(out, torch.from_numpy(np.array(rgb)).permute(2, 0, 1))
+
+
+def _cifar_archive(path: Path, per_batch: int = 10, payload: object | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            batch = payload or {b"data": rng.integers(0, 255, (per_batch, 3072), dtype=np.uint8),
+                                b"labels": rng.integers(0, 10, per_batch).tolist()}
+            raw = pickle.dumps(batch, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+def test_cifar_archive(tmp_path):
+    train, test = D.load_cifar_archive(_cifar_archive(tmp_path / "cifar-10-python.tar.gz"))
+    assert train.images.shape == (50, 3, 32, 32) and test.images.shape == (10, 3, 32, 32)
+    assert train.classes[0] == "airplane" and train.labels.dtype == torch.int64
+    train2, _ = D.load_dataset(tmp_path)  # a folder holding the archive
+    assert torch.equal(train2.images, train.images)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_cifar_archive_refuses_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    archive = _cifar_archive(tmp_path / "evil.tar.gz", payload={b"data": _Evil(), b"labels": []})
+    with pytest.raises(D.DataError, match=r"refusing to unpickle (__builtin__|builtins)\.exec"):
+        D.load_cifar_archive(archive)
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """A local HTTP server over tmp_path/www (no internet needed)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(www), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_checks_md5(file_server, tmp_path):
+    www, url = file_server
+    archive = _cifar_archive(www / "cifar-10-python.tar.gz")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    dest = tmp_path / "dl"
+    train, test = D.load_dataset(download_to=dest, url=f"{url}/cifar-10-python.tar.gz", md5=md5)
+    assert len(train) == 50 and (dest / "cifar-10-python.tar.gz").is_file()
+    other = tmp_path / "dl2"
+    with pytest.raises(D.DataError, match="MD5 mismatch"):
+        D.load_dataset(download_to=other, url=f"{url}/cifar-10-python.tar.gz", md5="0" * 32)
+    assert list(other.iterdir()) == []  # nothing half-downloaded is left behind
+
+
+def test_official_constants():
+    assert D.CIFAR10_URL.endswith("/cifar-10-python.tar.gz")
+    assert D.CIFAR10_MD5 == "c58f30108f718f92721af3b95e74349a"
+
+
+def test_validation_split_is_seeded_and_disjoint(tmp_path):
+    data = D.TensorData(torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 2, 2).clone(),
+                        torch.arange(100), ["x"])
+    train, val = D.split_validation(data, 10, seed=3)
+    train2, val2 = D.split_validation(data, 10, seed=3)
+    assert len(train) == 90 and len(val) == 10 and torch.equal(val.labels, val2.labels)
+    assert set(train.labels.tolist()).isdisjoint(val.labels.tolist())
+    assert not torch.equal(D.split_validation(data, 10, seed=4)[1].labels, val.labels)
+    with pytest.raises(D.DataError, match="validation size 100"):
+        D.split_validation(data, 100, seed=0)
+
+
+def test_normalize_subtracts_mean_rgb():
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    mean, std = D.channel_stats(images)
+    x = D.normalize(images, mean, None)
+    torch.testing.assert_close(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
+    y = D.normalize(images, mean, std)
+    torch.testing.assert_close(y.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3, rtol=0)
+
+
+def test_random_crop_flip_windows():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 8, 8)
+    assert torch.equal(D.random_crop_flip(x, 0, False, g), x)
+    out = D.random_crop_flip(x, 2, False, g)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (2,) * 4, mode="reflect")
+    shifts = set()
+    for i in range(64):
+        match = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if torch.equal(padded[i, :, dy:dy + 8, dx:dx + 8], out[i])]
+        assert match, "every output is a window of the padded image"
+        shifts.add(match[0])
+    assert len(shifts) > 10
+    flipped = D.random_crop_flip(x, 0, True, g)
+    same = [torch.equal(flipped[i], x[i]) for i in range(64)]
+    mirrored = [torch.equal(flipped[i], x[i].flip(-1)) for i in range(64)]
+    assert all(a or b for a, b in zip(same, mirrored)) and 15 < sum(mirrored) < 49
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg" / "test").is_dir(), reason="shared CIFAR-10 not present")
+def test_shared_cifar10_test_split_decodes():
+    data = D.load_folder_tensors(SHARED_DATA / "cifar10-jpeg" / "test")
+    assert data.images.shape == (10000, 3, 32, 32)
+    assert torch.bincount(data.labels).tolist() == [1000] * 10
+    assert data.classes[:3] == ["airplane", "automobile", "bird"]

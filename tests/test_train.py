@@ -1,0 +1,110 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_image_folder
+from vggnet.configs import get_recipe
+from vggnet.train import RunSettings, Trainer, read_checkpoint, train, write_checkpoint
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("data") / "bands", classes=3, per_class=48, size=32)
+
+
+def tiny(dataset: Path, out: Path, epochs: int = 2, **kw) -> RunSettings:
+    recipe = get_recipe(kw.pop("recipe", "fast")).replace(epochs=epochs, batch_size=16, lr=0.05, warmup_epochs=0.5,
+                                                          init="glorot")
+    return RunSettings(config="A", batch_norm=True, recipe=recipe, data=str(dataset), out=str(out),
+                       val_size=24, width=1 / 16, **kw)
+
+
+def test_learns_a_learnable_task(dataset, tmp_path):
+    result = train(tiny(dataset, tmp_path / "run", epochs=4))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert result["final_test_acc"] > 0.8          # chance is 1/3
+    for name in ("run.json", "last.safetensors", "best.safetensors", "curves.png", "confusion.png", "results.json"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    assert set(result["per_class_acc"]) == {"class0", "class1", "class2"}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"]["recipe"]["name"] == "fast"
+
+
+def test_paper_recipe_cuts_lr_on_plateau(dataset, tmp_path):
+    trainer = Trainer(tiny(dataset, tmp_path / "p", epochs=10, recipe="paper"))
+    trainer.after_epoch(0.5)
+    trainer.best_val = 0.5
+    trainer.after_epoch(0.4)
+    assert trainer.lr == pytest.approx(0.05)
+    trainer.after_epoch(0.5)
+    assert trainer.lr == pytest.approx(0.005) and trainer.lr_cuts == 1
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)[0]["model"]
+
+
+def test_same_seed_same_result_and_exact_resume(dataset, tmp_path):
+    train(tiny(dataset, tmp_path / "full", epochs=2))
+    stopped = train(tiny(dataset, tmp_path / "cut", epochs=2, stop_after_steps=11))   # mid-epoch 2 of 8 steps each
+    assert stopped == {"stopped": True, "epoch": 1, "step": 11}
+    train(tiny(dataset, tmp_path / "cut", epochs=2), resume=True)
+    again = train(tiny(dataset, tmp_path / "again", epochs=2))
+    full, cut = weights(tmp_path / "full" / "last.safetensors"), weights(tmp_path / "cut" / "last.safetensors")
+    for key in full:
+        assert torch.equal(full[key], cut[key]), key
+        assert torch.equal(full[key], weights(tmp_path / "again" / "last.safetensors")[key])
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+
+
+def test_resume_refuses_other_model(dataset, tmp_path):
+    train(tiny(dataset, tmp_path / "r", epochs=1))
+    settings = tiny(dataset, tmp_path / "r", epochs=1)
+    settings.batch_norm = False
+    with pytest.raises(ValueError, match="checkpoint is config A bn=True"):
+        Trainer(settings, resume=True)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        Trainer(tiny(dataset, tmp_path / "empty"), resume=True)
+
+
+def test_unwritable_output_fails_before_training(dataset, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="output folder .* is not writable"):
+        Trainer(tiny(dataset, blocker / "run"))
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(dataset, tmp_path):
+    trainer = Trainer(tiny(dataset, tmp_path / "nan", epochs=3))
+    trainer.r = trainer.r.replace(epochs=1)
+    trainer.fit()
+    before = weights(tmp_path / "nan" / "last.safetensors")
+    trainer.r = trainer.r.replace(epochs=3, lr=float("nan"))
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 2, step \d+, lr nan"):
+        trainer.fit()
+    after = weights(tmp_path / "nan" / "last.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_atomic_checkpoint_survives_failed_write(tmp_path, monkeypatch):
+    path = tmp_path / "ck.safetensors"
+    write_checkpoint(path, {"model.w": torch.ones(3)}, {"epoch": 1})
+    import vggnet.train as T
+
+    def crash(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError("disk full")
+    monkeypatch.setattr(T, "save_file", crash)
+    with pytest.raises(OSError):
+        write_checkpoint(path, {"model.w": torch.zeros(3)}, {"epoch": 2})
+    groups, meta = read_checkpoint(path)
+    assert meta == {"epoch": 1} and torch.equal(groups["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.safetensors"]   # the partial file is cleaned up
