@@ -80,7 +80,48 @@ def _run_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_summary]
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from .evaluate import PROTOCOLS
+    p = sub.add_parser("eval", help="top-1/top-5 error with the paper's test protocols (section 3.2)")
+    p.add_argument("--weights", action="append", required=True,
+                   help="weights or checkpoint (.safetensors); give several times for an ensemble")
+    p.add_argument("--data", required=True, help="image folder: <class>/* , a root with test/, or <wnid>_*.JPEG files")
+    p.add_argument("--protocol", default="single",
+                   help=f"comma-separated, or 'all': {', '.join(PROTOCOLS)}")
+    p.add_argument("--scales", type=int, nargs="+", help="test scales Q (default: from the training scale)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .evaluate import PROTOCOLS, evaluate, format_report
+    protocols = list(PROTOCOLS) if args.protocol == "all" else [p.strip() for p in args.protocol.split(",")]
+    report = evaluate(args.weights, args.data, protocols, args.scales, args.limit, args.batch_size)
+    print(format_report(report, args.format))
+    return 0
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="torchvision (or Keras) VGG weights to vggnet's safetensors format")
+    p.add_argument("--from", dest="source", choices=["torchvision", "keras"], required=True)
+    p.add_argument("file", help="torchvision vgg*.pth state dict, or Keras VGG16/VGG19 .h5")
+    p.add_argument("--out", required=True, help="output .safetensors")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from . import weights
+    convert = weights.convert_torchvision if args.source == "torchvision" else weights.convert_keras
+    out = convert(args.file, args.out)
+    meta = weights.read_metadata(out)
+    print(f"wrote {out}: config {meta['config']}{' BN' if meta['batch_norm'] else ''}, "
+          f"{meta['num_classes']} classes, {meta.get('channel_order', 'RGB')} input")
+    return 0
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_summary, _add_eval, _add_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -53,19 +53,27 @@ def make_features(tokens: list[str], norm_layer: NormLayer | None = None, in_cha
     return nn.Sequential(*layers), names
 
 
-def make_head(head: str, in_channels: int, num_classes: int, dropout: float,
-              width: float = 1.0) -> tuple[nn.Module, nn.Sequential]:
+# The FC head each trained head turns into at test time: (hidden width, side of the map fc6 reads).
+DENSE_SHAPES = {"paper": (4096, 7), "cifar": (512, 1)}
+
+
+def make_head(head: str, in_channels: int, num_classes: int, dropout: float, width: float = 1.0,
+              dense_from: str = "paper") -> tuple[nn.Module, nn.Sequential]:
     """(pooling, classifier) for a head; classifier indices 0, 3, 6 are fc6, fc7, fc8.
 
     "paper": FC-4096, FC-4096, FC-classes over a 7x7 map (section 2.1); adaptive
     average pooling to 7x7 lets inputs of 32 px and more through, as torchvision does.
-    "dense": the same layers as convolutions, 7x7 then 1x1 (section 3.2).
+    "dense": the same layers as convolutions (section 3.2): fc6 a 7x7 conv for the paper
+    head (a 1x1 conv for the CIFAR head, trained on 1x1 maps), fc7 and fc8 1x1 convs.
     "cifar": FC-512, FC-512, FC-classes over the 1x1x512 map a 32x32 image leaves after
     pool5, the compact head of the common CIFAR VGGs (e.g. chengyangfu/pytorch-vgg-cifar10).
     """
-    hidden = max(1, round((512 if head == "cifar" else 4096) * width))
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
+    full_width, kernel = DENSE_SHAPES[dense_from if head == "dense" else head]
+    hidden = max(1, round(full_width * width))
     if head == "dense":
-        fc6 = nn.Conv2d(in_channels, hidden, kernel_size=7)
+        fc6 = nn.Conv2d(in_channels, hidden, kernel_size=kernel)
         fc7 = nn.Conv2d(hidden, hidden, kernel_size=1)
         fc8 = nn.Conv2d(hidden, num_classes, kernel_size=1)
         pool: nn.Module = nn.Identity()
@@ -73,11 +81,9 @@ def make_head(head: str, in_channels: int, num_classes: int, dropout: float,
         fc6, fc7 = nn.Linear(in_channels * 7 * 7, hidden), nn.Linear(hidden, hidden)
         fc8 = nn.Linear(hidden, num_classes)
         pool = nn.AdaptiveAvgPool2d((7, 7))
-    elif head == "cifar":
+    else:  # cifar
         fc6, fc7, fc8 = nn.Linear(in_channels, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, num_classes)
         pool = nn.AdaptiveAvgPool2d((1, 1))
-    else:
-        raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
     classifier = nn.Sequential(fc6, nn.ReLU(inplace=True), nn.Dropout(dropout),
                                fc7, nn.ReLU(inplace=True), nn.Dropout(dropout), fc8)
     return pool, classifier
@@ -110,15 +116,18 @@ class VGG(nn.Module):
 
     def __init__(self, config: str = "D", *, norm_layer: NormLayer | None = None,
                  num_classes: int = 1000, head: str = "paper", dropout: float = 0.5,
-                 init: str = "kaiming", width: float = 1.0) -> None:
+                 init: str = "kaiming", width: float = 1.0, dense_from: str = "paper") -> None:
         super().__init__()
+        if dense_from not in DENSE_SHAPES:
+            raise ValueError(f"dense_from must be one of {', '.join(DENSE_SHAPES)}, got {dense_from!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         self.config, self.head, self.num_classes = config, head, num_classes
         self.batch_norm, self.width, self.dropout = norm_layer is not None, width, dropout
+        self.dense_from = dense_from if head == "dense" else head
         self.features, self.feature_names = make_features(CONFIGS[config], norm_layer, width=width)
         channels = [m.out_channels for m in self.features if isinstance(m, nn.Conv2d)][-1]
-        self.avgpool, self.classifier = make_head(head, channels, num_classes, dropout, width)
+        self.avgpool, self.classifier = make_head(head, channels, num_classes, dropout, width, dense_from)
         self.feature_info = [  # timm-style: channels and stride at every pool
             {"name": name, "index": idx, "num_chs": self._channels_at(idx), "reduction": 2 ** int(name[4:])}
             for name, idx in self.feature_names.items() if name.startswith("pool")]
@@ -127,7 +136,7 @@ class VGG(nn.Module):
     @property
     def min_input_size(self) -> int:
         """Smallest input side: five 2x2 pools need 32 px; the dense head's 7x7 fc6 needs 224."""
-        return 224 if self.head == "dense" else 32
+        return 32 * (DENSE_SHAPES[self.dense_from][1] if self.head == "dense" else 1)
 
     def _channels_at(self, index: int) -> int:
         convs = [m for m in list(self.features)[: index + 1] if isinstance(m, nn.Conv2d)]
@@ -191,23 +200,24 @@ class VGG(nn.Module):
 
 
 def to_dense(model: VGG) -> VGG:
-    """The fully convolutional test-time net of section 3.2 from a trained "paper" model:
-    fc6 becomes a 7x7 conv and fc7, fc8 1x1 convs, with the same weights."""
-    if model.head != "paper":
-        raise ValueError(f"to_dense converts the 'paper' head, this model has {model.head!r}")
+    """The fully convolutional test-time net of section 3.2 from a trained model: fc6
+    becomes a 7x7 conv (1x1 for the CIFAR head) and fc7, fc8 1x1 convs, same weights."""
+    if model.head == "dense":
+        return model
     norm = nn.BatchNorm2d if model.batch_norm else None
     dense = VGG(model.config, norm_layer=norm, num_classes=model.num_classes, head="dense",
-                dropout=model.dropout, width=model.width)
+                dropout=model.dropout, width=model.width, dense_from=model.head)
     state = model.state_dict()
     for idx in (0, 3, 6):
         key = f"classifier.{idx}.weight"
         state[key] = state[key].reshape(dense.classifier[idx].weight.shape)  # (out, 512*7*7) -> (out, 512, 7, 7)
     dense.load_state_dict(state)
-    return dense.train(model.training)
+    return dense.to(next(model.parameters()).dtype).train(model.training)
 
 
 def build_model(config: str = "D", *, batch_norm: bool | None = None, num_classes: int = 1000,
-                head: str = "paper", init: str = "kaiming", dropout: float = 0.5, width: float = 1.0) -> VGG:
+                head: str = "paper", init: str = "kaiming", dropout: float = 0.5, width: float = 1.0,
+                dense_from: str = "paper") -> VGG:
     """Any configuration of Table 1 by letter ("A" ... "E", "A-LRN") or common name
     ("vgg16_bn"); ``batch_norm`` adds BatchNorm after every conv (the ``_bn`` variants).
     ``width`` scales every channel count and FC width (1.0 is the paper's; tests use 1/16)."""
@@ -217,7 +227,7 @@ def build_model(config: str = "D", *, batch_norm: bool | None = None, num_classe
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
     return VGG(letter, norm_layer=nn.BatchNorm2d if bn else None, num_classes=num_classes,
-               head=head, dropout=dropout, init=init, width=width)
+               head=head, dropout=dropout, init=init, width=width, dense_from=dense_from)
 
 
 def _builder(config: str, batch_norm: bool) -> Callable[..., VGG]:

@@ -1,0 +1,262 @@
+"""Testing as the paper did (section 3.2, Tables 3-6): top-1/top-5 error under
+single-scale, dense, multi-scale, multi-crop and combined protocols, and ensembles.
+
+Every protocol averages softmax posteriors. Images of any size are read one by one
+(consecutive images of the same size are batched), rescaled isotropically so that
+the smaller side is Q, and then cropped or, for dense evaluation, fed whole to the
+fully convolutional form of the net.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2.functional import resize
+from tqdm import tqdm
+
+from .data import DataError, IMAGE_EXTENSIONS, read_image
+from .model import VGG, to_dense
+from .weights import load_weights
+
+PROTOCOLS = ("single", "dense", "multi-scale", "multi-crop", "dense+multi-crop")
+PAPER_TABLE = {"single": "Table 3", "dense": "Table 3", "multi-scale": "Table 4", "multi-crop": "Table 5",
+               "dense+multi-crop": "Table 5"}
+
+
+# ---- image operations -------------------------------------------------------------
+def rescale(x: torch.Tensor, q: int) -> torch.Tensor:
+    """Isotropic rescaling so that the smaller side is ``q`` (section 3.1), antialiased."""
+    h, w = x.shape[-2:]
+    if min(h, w) == q:
+        return x
+    return resize(x, [q], antialias=True)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+def grid_crops(x: torch.Tensor, size: int, n: int = 5) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, n*n, 3, size, size): a regular n x n grid of crops whose
+    outer crops touch the corners (section 3.2: 5x5 grid per scale)."""
+    h, w = x.shape[-2:]
+    tops = torch.linspace(0, h - size, n).round().long().tolist()
+    lefts = torch.linspace(0, w - size, n).round().long().tolist()
+    return torch.stack([x[..., t:t + size, l:l + size] for t in tops for l in lefts], dim=1)
+
+
+# ---- one model, prepared for evaluation --------------------------------------------
+@dataclass
+class EvalModel:
+    """A model with its dense form, preprocessing, crop size and test scales."""
+
+    model: VGG
+    meta: dict
+    dense: VGG = field(init=False)
+    crop: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        self.dense = to_dense(self.model).eval()
+        self.crop = int(self.meta.get("input_size", 224))
+        order = [2, 1, 0] if self.meta.get("channel_order", "RGB") == "BGR" else [0, 1, 2]
+        self.order = order
+        self.mean = torch.tensor(self.meta.get("mean") or [0.0, 0.0, 0.0]).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.meta.get("std") or [1.0, 1.0, 1.0]).view(1, 3, 1, 1)
+
+    def scales(self) -> tuple[int, list[int]]:
+        """(single-scale Q, the three multi-scale Qs), section 4.2: for a net trained at a
+        fixed S, Q in {S-32, S, S+32} (scaled to the image size); jittered [Smin, Smax]:
+        {Smin, (Smin+Smax)/2, Smax} with Q = (Smin+Smax)/2 for one scale."""
+        train_scale = self.meta.get("train_scale")
+        if train_scale:
+            lo, hi = train_scale
+            mid = (lo + hi) // 2
+            return mid, [lo, mid, hi]
+        s = 256 if self.crop == 224 else self.crop          # torchvision's and the paper's S=256
+        step = max(1, round(s / 8))                          # 32 at S=256
+        return s, [max(self.crop, s - step), s, s + step]
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB -> the model's input: channel order, mean subtraction, std division."""
+        x = x[:, self.order].float()
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def softmax(self, net: VGG, x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+        return torch.cat([F.softmax(net(self.prepare(x[i:i + chunk])).float(), dim=1)
+                          for i in range(0, len(x), chunk)])
+
+    def single(self, images: torch.Tensor, q: int) -> torch.Tensor:
+        """Rescale to Q, centre crop (Table 3's single-scale crop)."""
+        return self.softmax(self.model, center_crop(rescale(images, q), self.crop))
+
+    def dense_eval(self, images: torch.Tensor, qs: list[int]) -> torch.Tensor:
+        """Section 3.2: the whole image through the fully convolutional net, the score map
+        averaged, for the image and its mirror, at every Q; posteriors averaged."""
+        outs = []
+        for q in qs:
+            x = rescale(images, q)
+            outs += [self.softmax(self.dense, x, chunk=32), self.softmax(self.dense, x.flip(-1), chunk=32)]
+        return torch.stack(outs).mean(0)
+
+    def multi_crop(self, images: torch.Tensor, qs: list[int]) -> torch.Tensor:
+        """Section 4.3: 5x5 crops x 2 flips per scale (50), three scales (150), averaged."""
+        b, outs = len(images), []
+        for q in qs:
+            crops = grid_crops(rescale(images, q), self.crop).flatten(0, 1)        # (B*25, 3, c, c)
+            crops = torch.cat([crops, crops.flip(-1)])                              # (2*B*25, ...)
+            outs.append(self.softmax(self.model, crops).view(2, b, 25, -1).mean(dim=(0, 2)))
+        return torch.stack(outs).mean(0)
+
+    def posteriors(self, images: torch.Tensor, protocols: list[str], scales: list[int] | None) -> dict[str, torch.Tensor]:
+        """{protocol: (B, classes) averaged softmax}; combined protocols reuse their parts."""
+        q, multi = self.scales()
+        if scales:
+            q, multi = scales[len(scales) // 2], list(scales)
+        parts: dict[str, torch.Tensor] = {}
+        need = set(protocols)
+        if "single" in need:
+            parts["single"] = self.single(images, q)
+        if "dense" in need:
+            parts["dense"] = self.dense_eval(images, [q])
+        if need & {"multi-scale", "dense+multi-crop"}:
+            parts["multi-scale"] = self.dense_eval(images, multi)
+        if need & {"multi-crop", "dense+multi-crop"}:
+            parts["multi-crop"] = self.multi_crop(images, multi)
+        if "dense+multi-crop" in need:
+            parts["dense+multi-crop"] = (parts["multi-scale"] + parts["multi-crop"]) / 2
+        return {p: parts[p] for p in protocols}
+
+
+# ---- data -----------------------------------------------------------------------------
+def label_index(meta: dict) -> dict[str, int]:
+    """Names a folder or file prefix may use for each class of the model: wnids and names."""
+    index: dict[str, int] = {}
+    for key in ("classes", "wnids"):
+        for i, name in enumerate(meta.get(key) or []):
+            index.setdefault(name, i)
+    return index
+
+
+def list_labelled_images(root: Path, meta: dict) -> list[tuple[Path, int]]:
+    """(image, class index of the model) for ``root/<class>/*`` or for a flat folder of
+    ``<wnid>_<anything>.JPEG`` files; a data set root with ``test/`` uses that split."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: no such folder")
+    if (root / "test").is_dir():
+        root = root / "test"
+    index = label_index(meta)
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    items: list[tuple[Path, int]] = []
+    if subdirs:
+        unknown = [d.name for d in subdirs if d.name not in index]
+        if unknown and index:
+            raise DataError(f"{root}: folders {unknown[:5]} name no class of the model "
+                            f"(it knows e.g. {list(index)[:3]})")
+        for i, d in enumerate(subdirs):
+            label = index.get(d.name, i)
+            items += [(p, label) for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    else:
+        for p in sorted(root.iterdir()):
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            prefix = p.stem.split("_")[0]
+            if prefix not in index:
+                raise DataError(f"{p}: the file name does not start with a class of the model ({prefix!r})")
+            items.append((p, index[prefix]))
+    if not items:
+        raise DataError(f"{root}: no images found")
+    return items
+
+
+def same_size_batches(items: list[tuple[Path, int]], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive images of one size stacked into batches of up to ``batch_size``."""
+    images: list[torch.Tensor] = []
+    labels: list[int] = []
+    for path, label in items:
+        img = read_image(path)
+        if images and (img.shape != images[0].shape or len(images) == batch_size):
+            yield torch.stack(images), torch.tensor(labels)
+            images, labels = [], []
+        images.append(img)
+        labels.append(label)
+    if images:
+        yield torch.stack(images), torch.tensor(labels)
+
+
+# ---- the evaluation ----------------------------------------------------------------------
+def topk_errors(posteriors: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    top5 = posteriors.topk(min(5, posteriors.shape[1]), dim=1).indices
+    top1_err = (top5[:, 0] != labels).float().mean().item()
+    top5_err = 1.0 - (top5 == labels[:, None]).any(dim=1).float().mean().item()
+    return top1_err, top5_err
+
+
+def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] | None = None,
+             scales: list[int] | None = None, limit: int = 0, batch_size: int = 50) -> dict:
+    """Top-1/top-5 error of one model or an ensemble (posteriors averaged, Table 6)."""
+    protocols = list(protocols or ["single"])
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad:
+        raise ValueError(f"unknown protocol {bad[0]!r}; valid: {', '.join(PROTOCOLS)}")
+    if not weights:
+        raise ValueError("give at least one --weights file")
+    models = [EvalModel(*load_weights(w)) for w in weights]
+    first = models[0].meta
+    for w, m in zip(weights, models):
+        if m.meta["num_classes"] != first["num_classes"]:
+            raise ValueError(f"{w}: {m.meta['num_classes']} classes, {weights[0]} has {first['num_classes']}")
+    items = list_labelled_images(Path(data), first)
+    if limit:
+        items = items[:limit]
+    sums: dict[str, list[torch.Tensor]] = {p: [] for p in protocols}
+    labels: list[torch.Tensor] = []
+    seconds = 0.0
+    with tqdm(total=len(items), desc="eval", unit="img", disable=None) as bar:
+        for images, y in same_size_batches(items, batch_size):
+            t0 = time.perf_counter()
+            per_model = [m.posteriors(images, protocols, scales) for m in models]
+            seconds += time.perf_counter() - t0
+            for p in protocols:
+                sums[p].append(torch.stack([pm[p] for pm in per_model]).mean(0))
+            labels.append(y)
+            bar.update(len(y))
+    y = torch.cat(labels)
+    rows = []
+    for p in protocols:
+        top1, top5 = topk_errors(torch.cat(sums[p]), y)
+        rows.append({"protocol": p, "scales": _scales_text(models[0], p, scales), "top1_error": top1,
+                     "top5_error": top5, "images": len(y), "paper": PAPER_TABLE[p]})
+    return {"weights": [str(w) for w in weights], "data": str(data), "rows": rows,
+            "seconds_per_image": seconds / max(len(y), 1)}
+
+
+def _scales_text(m: EvalModel, protocol: str, scales: list[int] | None) -> str:
+    q, multi = m.scales()
+    if scales:
+        q, multi = scales[len(scales) // 2], list(scales)
+    return str(q) if protocol in ("single", "dense") else ",".join(map(str, multi))
+
+
+def format_report(report: dict, fmt: str = "table") -> str:
+    """The paper's table layout in markdown (protocol, test scales, top-1 and top-5 error, %)."""
+    if fmt == "json":
+        return json.dumps(report, indent=2)
+    lines = ["| protocol | test scale Q | top-1 error (%) | top-5 error (%) | images | paper |",
+             "|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['protocol']} | {r['scales']} | {100 * r['top1_error']:.2f} | "
+                     f"{100 * r['top5_error']:.2f} | {r['images']} | {r['paper']} |")
+    lines.append(f"\n{len(report['weights'])} model(s); {report['seconds_per_image'] * 1000:.1f} ms per image "
+                 "for all protocols")
+    return "\n".join(lines)

@@ -1,0 +1,159 @@
+"""Weights in and out: our safetensors format, and torchvision's checkpoints.
+
+A weights file is one safetensors file: tensors under ``model.`` (training checkpoints
+add ``optim.``, ``rng.`` ...) and a JSON header entry ``vggnet`` describing the model
+(configuration, BN, head, classes, preprocessing). Loading never unpickles objects:
+safetensors holds no code, and torchvision's ``.pth`` files are read with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from .model import DENSE_SHAPES, HEADS, VGG, build_model
+
+# Preprocessing on the 0..255 scale: torchvision's ImageNet mean/std, and Caffe's (Keras
+# "caffe" mode: BGR input, mean subtracted, no scaling; the paper's own, section 2.1).
+TORCHVISION_PREPROCESSING = {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "channel_order": "RGB"}
+CAFFE_PREPROCESSING = {"mean": [103.939, 116.779, 123.68], "std": None, "channel_order": "BGR"}
+
+_META_TYPES = {"config": str, "batch_norm": bool, "head": str, "num_classes": int, "width": (int, float),
+               "dropout": (int, float), "classes": list, "mean": list, "std": (list, type(None)),
+               "channel_order": str, "input_size": int, "dense_from": str, "wnids": list, "recipe": dict,
+               "source": str, "train_scale": (list, type(None)), "lighting": (dict, type(None))}
+_REQUIRED = ("config", "batch_norm", "head", "num_classes")
+
+
+class WeightsError(ValueError):
+    """A weights file that is missing, not ours, or inconsistent; the message names it."""
+
+
+def imagenet_classes() -> tuple[list[str], list[str]]:
+    """(wnids, names) of the 1,000 ILSVRC-2012 classes in index order (sorted wnids)."""
+    text = resources.files("vggnet").joinpath("imagenet_classes.tsv").read_text()
+    rows = [line.split("\t") for line in text.splitlines() if line.strip()]
+    return [r[1] for r in rows], [r[2] for r in rows]
+
+
+def validate_metadata(meta: dict, source: Path | str) -> dict:
+    """Check keys, types and ranges of a model description before it builds anything."""
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise WeightsError(f"{source}: metadata lacks {', '.join(missing)}")
+    for key, value in meta.items():
+        if key not in _META_TYPES:
+            raise WeightsError(f"{source}: unknown metadata key {key!r}")
+        if not isinstance(value, _META_TYPES[key]):
+            raise WeightsError(f"{source}: metadata {key!r} has type {type(value).__name__}")
+    if meta["head"] not in HEADS or meta.get("dense_from", "paper") not in DENSE_SHAPES:
+        raise WeightsError(f"{source}: unknown head {meta['head']!r}")
+    if not 1 <= meta["num_classes"] <= 100_000 or not 0 < meta.get("width", 1.0) <= 4:
+        raise WeightsError(f"{source}: num_classes or width out of range")
+    if "classes" in meta and len(meta["classes"]) != meta["num_classes"]:
+        raise WeightsError(f"{source}: {len(meta['classes'])} class names for {meta['num_classes']} classes")
+    for key in ("mean", "std"):
+        if meta.get(key) is not None and (len(meta[key]) != 3 or not all(isinstance(v, (int, float)) for v in meta[key])):
+            raise WeightsError(f"{source}: {key} must be three numbers")
+    if meta.get("channel_order", "RGB") not in ("RGB", "BGR"):
+        raise WeightsError(f"{source}: channel_order must be RGB or BGR")
+    return meta
+
+
+def model_from_metadata(meta: dict) -> VGG:
+    return build_model(meta["config"], batch_norm=meta["batch_norm"], num_classes=meta["num_classes"],
+                       head=meta["head"], width=meta.get("width", 1.0), dropout=meta.get("dropout", 0.5),
+                       dense_from=meta.get("dense_from", "paper"))
+
+
+def describe(model: VGG, classes: list[str] | None = None, **extra: object) -> dict:
+    """The metadata of a model: what rebuilds it, plus classes and preprocessing."""
+    meta = {"config": model.config, "batch_norm": model.batch_norm, "head": model.head,
+            "num_classes": model.num_classes, "width": model.width, "dropout": model.dropout,
+            "dense_from": model.dense_from}
+    if classes is not None:
+        meta["classes"] = list(classes)
+    meta.update(extra)
+    return meta
+
+
+def save_weights(path: str | Path, model: VGG, meta: dict) -> Path:
+    """Write ``model`` and its metadata as one safetensors file (via a temporary name)."""
+    path = Path(path)
+    validate_metadata(meta, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(tmp), metadata={"vggnet": json.dumps(meta)})
+    tmp.replace(path)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        hint = " (a .pth/.pt file? convert it with `vggnet convert --from torchvision`)" if path.suffix in (".pth", ".pt") else ""
+        raise WeightsError(f"{path}: not a safetensors weights file{hint}: {exc}") from None
+    if "vggnet" not in header:
+        raise WeightsError(f"{path}: safetensors file without vggnet metadata")
+    meta = json.loads(header["vggnet"])
+    return validate_metadata(meta.get("model", meta), path)
+
+
+def load_weights(path: str | Path) -> tuple[VGG, dict]:
+    """(model in eval mode, metadata) from a training checkpoint or converted weights."""
+    meta = read_metadata(path)
+    model = model_from_metadata(meta)
+    state = {k[len("model."):]: v for k, v in load_file(str(path)).items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path}: weights do not fit the model its metadata describes: {str(exc)[:300]}") from None
+    return model.eval(), meta
+
+
+def _torchvision_layout(state: dict[str, torch.Tensor], source: Path) -> tuple[str, bool, int]:
+    """Infer (configuration, batch_norm, num_classes) from a torchvision VGG state dict."""
+    convs = sorted({int(m.group(1)) for k in state if (m := re.fullmatch(r"features\.(\d+)\.weight", k))
+                    and state[k].ndim == 4})
+    batch_norm = any(k.endswith("running_mean") for k in state)
+    by_depth = {8: "A", 10: "B", 13: "D", 16: "E"}
+    if len(convs) not in by_depth or "classifier.6.weight" not in state:
+        raise WeightsError(f"{source}: not a torchvision VGG state dict ({len(convs)} convs)")
+    return by_depth[len(convs)], batch_norm, state["classifier.6.weight"].shape[0]
+
+
+def convert_torchvision(src: str | Path, out: str | Path) -> Path:
+    """torchvision ``vgg*.pth`` (any of the eight builders) to our format, with ImageNet
+    class names and torchvision's preprocessing when it has 1,000 classes."""
+    src = Path(src)
+    try:
+        state = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses code: UnpicklingError and friends
+        raise WeightsError(f"{src}: refused or unreadable as plain weights (torch.load weights_only=True): "
+                           f"{str(exc).splitlines()[0][:200]}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{src}: expected a state dict of tensors")
+    config, batch_norm, num_classes = _torchvision_layout(state, src)
+    model = build_model(config, batch_norm=batch_norm, num_classes=num_classes)
+    model.load_state_dict(state, strict=True)
+    extra: dict = {"source": "torchvision", **TORCHVISION_PREPROCESSING, "input_size": 224}
+    classes = None
+    if num_classes == 1000:
+        wnids, classes = imagenet_classes()
+        extra["wnids"] = wnids
+    return save_weights(out, model, describe(model, classes, **extra))
