@@ -26,6 +26,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, help="override the recipe's weight decay")
     p.add_argument("--init", choices=["paper", "glorot", "kaiming"], help="override the recipe's initialisation")
     p.add_argument("--precision", choices=["bf16", "fp32"], help="bf16 autocast (default where supported) or fp32")
+    p.add_argument("--train-scale", type=int, nargs="+", metavar="S",
+                   help="section 3.1: rescale the smaller side to S (one value) or to S drawn from [SMIN, SMAX]")
+    p.add_argument("--crop-size", type=int, help="training crop (default: the image size, 224 when streamed)")
+    p.add_argument("--lighting", type=float, help="std of the PCA colour shift (3.1, AlexNet: 0.1; 0: off)")
+    p.add_argument("--micro-batch", type=int, help="accumulate gradients over micro-batches of this size")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="warm start (3.1): from a net A checkpoint (first four convs, three FC) or the same net")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="read images from disk each epoch (default: only when they do not fit in memory)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the streaming path")
+    p.add_argument("--time-limit", type=float, default=0.0, metavar="MIN",
+                   help="checkpoint and stop after MIN minutes; --resume continues")
     p.add_argument("--data", help="data set root (train/<class>/*, test/<class>/*) or cifar-10-python.tar.gz; "
                                   "default: $VGGNET_DATA or ../shared/data/cifar10-jpeg")
     p.add_argument("--download", metavar="DIR", help="download the official CIFAR-10 archive into DIR (MD5-checked)")
@@ -42,15 +54,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from .train import RunSettings, train
+    if args.train_scale is not None and len(args.train_scale) not in (1, 2):
+        raise ValueError("--train-scale takes S or SMIN SMAX")
+    scale = (args.train_scale[0], args.train_scale[-1]) if args.train_scale else None
     overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                    "weight_decay": args.weight_decay, "init": args.init,
-                                   "precision": args.precision}.items() if v is not None}
+                                   "precision": args.precision, "train_scale": scale, "crop_size": args.crop_size,
+                                   "lighting": args.lighting, "micro_batch": args.micro_batch}.items()
+                 if v is not None}
     recipe = get_recipe(args.recipe).replace(**overrides)
     default_bn = True if args.config.upper() == "D" and args.batch_norm is None else args.batch_norm
     settings = RunSettings(config=args.config, batch_norm=default_bn, recipe=recipe, data=args.data,
                            download=args.download, out=args.out, seed=args.seed, val_size=args.val_size,
                            width=args.width, threads=args.threads, limit_train=args.limit_train,
-                           limit_test=args.limit_test)
+                           limit_test=args.limit_test, init_from=args.init_from, stream=args.stream,
+                           workers=args.workers, time_limit_min=args.time_limit)
     result = train(settings, resume=args.resume)
     print(json.dumps(result, indent=2))
     return 0

@@ -112,8 +112,12 @@ class Recipe:
     dropout: float = 0.5              # dropout of the first two FC layers
     init: str = "paper"               # "paper" N(0, 0.01), "glorot", "kaiming"
     head: str = "cifar"               # classifier head for 32x32 inputs
-    crop_padding: int = 4             # random crop with this zero padding (CIFAR-scale data)
+    crop_padding: int = 4             # random crop with this reflect padding (when train_scale is None)
+    train_scale: tuple[int, int] | None = None  # 3.1: smaller side rescaled to S in [min, max], then cropped
+    crop_size: int = 0                # training crop side; 0: the image size in memory, 224 when streamed
     flip: bool = True                 # random horizontal flip
+    lighting: float = 0.0             # std of the PCA colour shift multiples (AlexNet, 3.1: 0.1); 0: off
+    micro_batch: int = 0              # gradient accumulation: micro-batches of this size (0: off)
     tta_flip: bool = True             # average logits over the image and its mirror at eval
     precision: str = "bf16"           # "bf16" autocast (where the CPU supports it) or "fp32"
 
@@ -125,7 +129,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     # Section 3.1: SGD momentum 0.9, batch 256, wd 5e-4, dropout 0.5, lr 1e-2 divided
     # by 10 when validation accuracy stops improving, stopped after three cuts.
-    "paper": Recipe(name="paper", init="kaiming"),
+    "paper": Recipe(name="paper", init="kaiming", lighting=0.1),
     # Ours, for a short CPU budget: nesterov SGD, a linear warm-up then linear decay to
     # zero, label smoothing, no decay on BN and biases, flip test-time average.
     "fast": Recipe(name="fast", lr=0.1, nesterov=True, weight_decay=5e-4,

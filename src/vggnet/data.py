@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import resize
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -214,10 +215,22 @@ def download(url: str, dest: Path, md5: str) -> Path:
     return dest
 
 
+def fits_in_memory(items: list[tuple[Path, int]], budget_bytes: int = 4 << 30, probe: int = 16) -> bool:
+    """Whether a folder can be decoded once into one tensor: the first images share a size
+    and all of them at that size fit in ``budget_bytes``."""
+    shapes = {tuple(read_image(p).shape) for p, _ in items[:probe]}
+    if len(shapes) != 1:
+        return False
+    c, h, w = shapes.pop()
+    return len(items) * c * h * w <= budget_bytes
+
+
 def load_dataset(path: str | os.PathLike | None = None, download_to: Path | None = None,
-                 url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> tuple[TensorData, TensorData]:
+                 url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
+                 stream: bool | None = None) -> tuple["TensorData | StreamingImages", "TensorData | StreamingImages"]:
     """(train, test) from a folder with train/ and test/ image folders or the CIFAR archive;
-    ``download_to`` fetches the official CIFAR-10 archive first."""
+    ``download_to`` fetches the official CIFAR-10 archive first. Folders that do not fit
+    in memory (or ``stream=True``) are read image by image (:class:`StreamingImages`)."""
     if download_to is not None:
         root = download(url, Path(download_to) / "cifar-10-python.tar.gz", md5)
     else:
@@ -225,10 +238,17 @@ def load_dataset(path: str | os.PathLike | None = None, download_to: Path | None
     archive = root if root.is_file() else root / "cifar-10-python.tar.gz"
     if archive.is_file() and not (root.is_dir() and (root / "train").is_dir()):
         return load_cifar_archive(archive)
-    train, test = load_folder_tensors(root / "train"), load_folder_tensors(root / "test")
-    if train.classes != test.classes:
+    if not (root / "test").is_dir():
+        raise DataError(f"{root}: no test/ folder beside train/ (expected {root}/test/<class>/<image>)")
+    (train_items, classes), (test_items, test_classes) = list_image_folder(root / "train"), list_image_folder(root / "test")
+    if classes != test_classes:
         raise DataError(f"{root}: train and test have different classes")
-    return train, test
+    if stream is None:
+        stream = not fits_in_memory(train_items)
+    if stream:
+        return (StreamingImages(train_items, classes, 224, (256, 256), train=True),
+                StreamingImages(test_items, classes, 224, (256, 256), train=False))
+    return load_folder_tensors(root / "train"), load_folder_tensors(root / "test")
 
 
 def split_validation(data: TensorData, size: int, seed: int) -> tuple[TensorData, TensorData]:
@@ -246,7 +266,7 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def normalize(images: torch.Tensor, mean: list[float], std: list[float] | None) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32, mean RGB subtracted, divided by std when given."""
+    """(N, 3, H, W) on the 0..255 scale -> float32, mean RGB subtracted, divided by std when given."""
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std if std else [1.0, 1.0, 1.0], dtype=torch.float32).view(1, 3, 1, 1)
     return (images.to(torch.float32) - m) / s
@@ -267,3 +287,104 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch
         mask = torch.rand(n, generator=generator) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(-1), x)
     return x
+
+
+# ---- the paper's training-time transforms (section 3.1), batched on tensors ----------------
+def rescale(x: torch.Tensor, q: int) -> torch.Tensor:
+    """Isotropic rescaling so that the smaller side is ``q`` (section 3.1), antialiased."""
+    h, w = x.shape[-2:]
+    if min(h, w) == q:
+        return x
+    return resize(x, [q], antialias=True)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` window; an image smaller than that is rescaled up first."""
+    if min(x.shape[-2:]) < size:
+        x = rescale(x, size)
+    h, w = x.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+def random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """One random ``size`` window of a (3, H, W) image (rescaled up first if smaller)."""
+    if min(x.shape[-2:]) < size:
+        x = rescale(x, size)
+    h, w = x.shape[-2:]
+    top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
+    return x[..., top:top + size, left:left + size]
+
+
+def scale_jitter_crop(images: torch.Tensor, smin: int, smax: int, crop: int,
+                      generator: torch.Generator) -> torch.Tensor:
+    """Section 3.1 scale jittering: each image rescaled so that its smaller side is S, drawn
+    uniformly from [smin, smax], then a random crop x crop window; one resize per distinct S."""
+    n = len(images)
+    scales = torch.randint(smin, smax + 1, (n,), generator=generator)
+    out = torch.empty(n, images.shape[1], crop, crop, dtype=images.dtype)
+    for s in scales.unique().tolist():
+        which = (scales == s).nonzero().flatten()
+        resized = rescale(images[which], s)
+        h, w = resized.shape[-2:]
+        tops = torch.randint(0, h - crop + 1, (len(which),), generator=generator)
+        lefts = torch.randint(0, w - crop + 1, (len(which),), generator=generator)
+        for j, i in enumerate(which.tolist()):
+            out[i] = resized[j, :, tops[j]:tops[j] + crop, lefts[j]:lefts[j] + crop]
+    return out
+
+
+def pca_lighting_stats(images: torch.Tensor, max_pixels: int = 2_000_000, seed: int = 0) -> dict[str, list]:
+    """Eigen-decomposition of the 3x3 covariance of the training RGB pixel values (0..255),
+    AlexNet's colour augmentation that section 3.1 adopts."""
+    pixels = images.permute(1, 0, 2, 3).reshape(3, -1)
+    if pixels.shape[1] > max_pixels:
+        pixels = pixels[:, torch.randperm(pixels.shape[1], generator=torch.Generator().manual_seed(seed))[:max_pixels]]
+    eigval, eigvec = torch.linalg.eigh(torch.cov(pixels.to(torch.float64)))
+    return {"eigval": eigval.tolist(), "eigvec": eigvec.tolist()}   # eigvec columns are the components
+
+
+def pca_lighting(x: torch.Tensor, stats: dict[str, list], std: float, generator: torch.Generator) -> torch.Tensor:
+    """Add sum_i alpha_i * lambda_i * p_i to every pixel of an image, alpha_i ~ N(0, std)
+    drawn per image (AlexNet section 4.1); ``x`` is float on the 0..255 scale."""
+    eigval = torch.tensor(stats["eigval"], dtype=x.dtype)
+    eigvec = torch.tensor(stats["eigvec"], dtype=x.dtype)
+    alpha = torch.randn(len(x), 3, generator=generator, dtype=x.dtype) * std
+    shift = (alpha * eigval) @ eigvec.T                                    # (N, 3)
+    return x + shift[:, :, None, None]
+
+
+# ---- the streaming path: data sets that do not fit in memory or differ in image size ----
+class StreamingImages(torch.utils.data.Dataset):
+    """``root/<class>/*`` read image by image in DataLoader workers: each image rescaled to
+    its scale S and cropped to ``crop``, so batches are (B, 3, crop, crop) uint8."""
+
+    def __init__(self, items: list[tuple[Path, int]], classes: list[str], crop: int,
+                 scale: tuple[int, int], train: bool, seed: int = 0) -> None:
+        self.items, self.classes, self.crop, self.scale, self.train, self.seed = items, classes, crop, scale, train, seed
+        self.epoch = 0
+        self.labels = torch.tensor([y for _, y in items], dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.items[i]
+        img = read_image(path)
+        if not self.train:  # section 3.2: Q = the middle of the training scale range, centre crop
+            return center_crop(rescale(img, (self.scale[0] + self.scale[1]) // 2), self.crop), label
+        # a generator per (seed, epoch, image): the same crops whatever the number of workers
+        g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFF_FFFF)
+        s = int(torch.randint(self.scale[0], self.scale[1] + 1, (1,), generator=g))
+        return random_crop(rescale(img, s), self.crop, g), label
+
+    def subset(self, index: torch.Tensor) -> "StreamingImages":
+        return StreamingImages([self.items[i] for i in index.tolist()], self.classes, self.crop, self.scale,
+                               self.train, self.seed)
+
+    def loader(self, order: torch.Tensor, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+        """Batches in the given order of indices (the epoch's permutation, resumable)."""
+        batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+        return torch.utils.data.DataLoader(self, batch_sampler=batches, num_workers=workers,
+                                           persistent_workers=False)

@@ -17,10 +17,9 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2.functional import resize
 from tqdm import tqdm
 
-from .data import DataError, IMAGE_EXTENSIONS, read_image
+from .data import IMAGE_EXTENSIONS, DataError, center_crop, read_image, rescale
 from .model import VGG, to_dense
 from .weights import load_weights
 
@@ -30,20 +29,6 @@ PAPER_TABLE = {"single": "Table 3", "dense": "Table 3", "multi-scale": "Table 4"
 
 
 # ---- image operations -------------------------------------------------------------
-def rescale(x: torch.Tensor, q: int) -> torch.Tensor:
-    """Isotropic rescaling so that the smaller side is ``q`` (section 3.1), antialiased."""
-    h, w = x.shape[-2:]
-    if min(h, w) == q:
-        return x
-    return resize(x, [q], antialias=True)
-
-
-def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top:top + size, left:left + size]
-
-
 def grid_crops(x: torch.Tensor, size: int, n: int = 5) -> torch.Tensor:
     """(B, 3, H, W) -> (B, n*n, 3, size, size): a regular n x n grid of crops whose
     outer crops touch the corners (section 3.2: 5x5 grid per scale)."""

@@ -174,6 +174,17 @@ class VGG(nn.Module):
         """Every name :meth:`extract` accepts, in forward order."""
         return list(self.feature_names) + ["fc6", "fc7", "fc8"]
 
+    def named_layers(self) -> dict[str, list[nn.Module]]:
+        """{"conv1_1": [conv, bn], ..., "fc6": [linear]}: the parametrised modules of each named layer."""
+        layers: dict[str, list[nn.Module]] = {}
+        for name, idx in self.feature_names.items():
+            if name.startswith("conv"):
+                block = [m for m in list(self.features)[max(0, idx - 2):idx] if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+                layers[name] = block if self.batch_norm else block[-1:]
+        for name, idx in (("fc6", 0), ("fc7", 3), ("fc8", 6)):
+            layers[name] = [self.classifier[idx]]
+        return layers
+
     def extract(self, x: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
         """Named activations ("conv3_3", "pool4", "fc7", ...) in one forward pass that stops
         at the last one asked for, as perceptual and style losses use them."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import random
 import signal
@@ -18,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +25,12 @@ from safetensors.torch import load_file, safe_open, save_file
 from tqdm import tqdm
 
 from .configs import Recipe, get_recipe
-from .data import TensorData, channel_stats, load_dataset, normalize, random_crop_flip, split_validation
+from .data import (StreamingImages, TensorData, center_crop, channel_stats, load_dataset, normalize,
+                   pca_lighting, pca_lighting_stats, random_crop_flip, rescale, scale_jitter_crop, split_validation)
 from .model import VGG, build_model
+from .weights import warm_start
+
+Data = TensorData | StreamingImages
 
 
 @dataclass
@@ -50,6 +53,9 @@ class RunSettings:
     log_every: int = 20                  # steps between progress-bar updates
     stop_after_steps: int = 0            # checkpoint and stop after this many steps of this process (0: never)
     time_limit_min: float = 0.0          # checkpoint and stop after this many minutes (0: no limit)
+    init_from: str | None = None         # warm start (3.1): a checkpoint of A, or of the same net at another scale
+    stream: bool | None = None           # None: decode into memory when the images fit and share one size
+    workers: int = 2                     # DataLoader workers of the streaming path
 
 
 def bf16_supported() -> bool:
@@ -94,18 +100,30 @@ class Trainer:
         torch.set_flush_denormal(True)  # denormal floats slow CPU kernels up to 100x (measured: BENCHMARKS.md)
         torch.manual_seed(settings.seed)
         random.seed(settings.seed)
-        train, self.test = load_dataset(settings.data, Path(settings.download) if settings.download else None)
+        train, self.test = load_dataset(settings.data, Path(settings.download) if settings.download else None,
+                                        stream=settings.stream)
         if settings.limit_train:
             train = train.subset(random_subset(len(train), settings.limit_train, settings.seed))
         if settings.limit_test:
             self.test = self.test.subset(random_subset(len(self.test), settings.limit_test, settings.seed))
         self.train, self.val = split_validation(train, settings.val_size, settings.seed)
         self.classes = train.classes
-        mean, std = channel_stats(self.train.images)
+        self.streaming = isinstance(train, StreamingImages)
+        self.crop = self.r.crop_size or (224 if self.streaming else int(train.images.shape[-1]))
+        self.scale = self.r.train_scale or ((256, 256) if self.streaming else None)
+        if self.streaming:
+            for data, is_train in ((self.train, True), (self.val, False), (self.test, False)):
+                data.crop, data.scale, data.train = self.crop, self.scale, is_train
+        sample = self.statistics_sample()
+        mean, std = channel_stats(sample)
         self.mean, self.std = mean, std if settings.divide_std else None
+        self.lighting = pca_lighting_stats(sample) if self.r.lighting else None
         self.model = build_model(settings.config, batch_norm=settings.batch_norm, num_classes=len(self.classes),
                                  head=self.r.head, init=self.r.init, dropout=self.r.dropout,
-                                 width=settings.width).to(memory_format=torch.channels_last)
+                                 width=settings.width)
+        if settings.init_from:
+            warm_start(self.model, settings.init_from)
+        self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.SGD(param_groups(self.model, self.r.weight_decay, self.r.decay_norm_and_bias),
                                    lr=self.r.lr, momentum=self.r.momentum, nesterov=self.r.nesterov)
         self.steps_per_epoch = max(1, len(self.train) // self.r.batch_size)
@@ -129,11 +147,42 @@ class Trainer:
             raise ValueError(f"output folder {self.out} is not writable: {exc.strerror or exc}") from None
 
     # ---- one step, one epoch -------------------------------------------------
-    def batch(self, data: TensorData, index: torch.Tensor, augment: bool) -> torch.Tensor:
-        x = normalize(data.images[index], self.mean, self.std)
-        if augment:
-            x = random_crop_flip(x, self.r.crop_padding, self.r.flip, self.gen)
+    def statistics_sample(self, n: int = 2000) -> torch.Tensor:
+        """Training pixels for the mean RGB (2.1) and the PCA colour statistics (3.1): all of
+        an in-memory set, ``n`` centre crops at the training scale of a streamed one."""
+        if not self.streaming:
+            return self.train.images
+        view = self.train.subset(random_subset(len(self.train), min(n, len(self.train)), self.s.seed))
+        view.train = False
+        return torch.stack([view[i][0] for i in range(len(view))])
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 batch -> model input, section 3.1: scale jittering and random crops, PCA
+        colour shift, mean subtraction, flips; all as whole-batch tensor operations."""
+        if self.scale and not self.streaming:  # streamed images arrive rescaled and cropped
+            images = scale_jitter_crop(images, self.scale[0], self.scale[1], self.crop, self.gen)
+        x = images.to(torch.float32)
+        if self.lighting:
+            x = pca_lighting(x, self.lighting, self.r.lighting, self.gen)
+        x = normalize(x, self.mean, self.std)
+        padding = 0 if self.scale else self.r.crop_padding
+        x = random_crop_flip(x, padding, self.r.flip, self.gen)
         return x.contiguous(memory_format=torch.channels_last)
+
+    def prepare_eval(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 batch -> model input at test time: rescale to Q = mid training scale, centre crop (3.2)."""
+        if self.scale and not self.streaming:
+            images = center_crop(rescale(images, (self.scale[0] + self.scale[1]) // 2), self.crop)
+        return normalize(images, self.mean, self.std).contiguous(memory_format=torch.channels_last)
+
+    def batches(self, data: Data, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """uint8 image batches and labels in the given order of indices."""
+        if isinstance(data, StreamingImages):
+            yield from data.loader(order, batch_size, self.s.workers)
+            return
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            yield data.images[idx], data.labels[idx]
 
     def set_lr(self) -> None:
         if self.r.schedule == "onecycle":
@@ -160,24 +209,24 @@ class Trainer:
             self.partial = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0}
         p = self.partial
         start, data_time, seen_here = time.perf_counter(), 0.0, 0
+        fetched = start
         bar = tqdm(range(self.batch_in_epoch, self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{self.r.epochs}",
                    leave=False, disable=None, dynamic_ncols=True)
-        for i in bar:
+        bs = self.r.batch_size
+        if self.streaming:
+            self.train.epoch = self.epoch
+        todo = self.perm[self.batch_in_epoch * bs:self.steps_per_epoch * bs]
+        for i, (images, y) in zip(bar, self.batches(self.train, todo, bs)):
             if self._should_stop():
                 return None
-            t0 = time.perf_counter()
-            idx = self.perm[i * self.r.batch_size:(i + 1) * self.r.batch_size]
-            x, y = self.batch(self.train, idx, augment=True), self.train.labels[idx]
-            data_time += time.perf_counter() - t0
+            x = self.augment(images)
+            data_time += time.perf_counter() - fetched    # reading the batch and augmenting it
             self.set_lr()
-            with autocast(self.r.precision):
-                logits = self.model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.r.label_smoothing)
+            loss, logits = forward_backward(self.model, x, y, self.r.micro_batch, self.r.label_smoothing,
+                                            self.r.precision)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch + 1}, step {i + 1}, "
                                          f"lr {self.lr:.3g}; the last good checkpoint is {self.out / 'last.safetensors'}")
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
             self.opt.step()
             self.step, self.steps_this_process, self.batch_in_epoch = self.step + 1, self.steps_this_process + 1, i + 1
             p["loss_sum"] += loss.item() * len(y)
@@ -187,18 +236,19 @@ class Trainer:
             if i % self.s.log_every == 0 or i == self.steps_per_epoch - 1:
                 bar.set_postfix(loss=f"{p['loss_sum'] / p['seen']:.3f}", acc=f"{p['correct'] / p['seen']:.3f}",
                                 lr=f"{self.lr:.3g}", img_s=f"{seen_here / (time.perf_counter() - start):.0f}")
+            fetched = time.perf_counter()
         self.perm = None
         elapsed = time.perf_counter() - start
         return {"train_loss": p["loss_sum"] / max(p["seen"], 1), "train_acc": p["correct"] / max(p["seen"], 1),
                 "train_time_s": elapsed, "data_time_s": data_time, "images_per_s": seen_here / elapsed, "lr": self.lr}
 
     @torch.no_grad()
-    def predict(self, data: TensorData, batch_size: int = 500) -> torch.Tensor:
+    def predict(self, data: Data, batch_size: int = 500) -> torch.Tensor:
         """Logits for a whole data set; with the recipe's tta_flip, averaged with the mirror image."""
         self.model.eval()
         out = []
-        for i in range(0, len(data), batch_size):
-            x = self.batch(data, torch.arange(i, min(i + batch_size, len(data))), augment=False)
+        for images, _ in self.batches(data, torch.arange(len(data)), batch_size):
+            x = self.prepare_eval(images)
             with autocast(self.r.precision):
                 logits = self.model(x).float()
                 if self.r.tta_flip:
@@ -278,8 +328,9 @@ class Trainer:
     def metadata(self) -> dict:
         return {"config": self.model.config, "batch_norm": self.model.batch_norm, "head": self.model.head,
                 "num_classes": self.model.num_classes, "width": self.model.width, "dropout": self.model.dropout,
-                "classes": self.classes, "mean": self.mean, "std": self.std, "input_size": int(self.train.images.shape[-1]),
-                "recipe": dataclasses.asdict(self.r)}
+                "dense_from": self.model.dense_from, "classes": self.classes, "mean": self.mean, "std": self.std,
+                "channel_order": "RGB", "input_size": self.crop, "train_scale": list(self.scale) if self.scale else None,
+                "lighting": self.lighting, "recipe": dataclasses.asdict(self.r)}
 
     def _write_run_json(self) -> None:
         settings = dataclasses.asdict(self.s)
@@ -319,6 +370,26 @@ class Trainer:
         self.best_val, self.stale = st["best_val"], st["stale"]
         self.perm = groups.get("epoch", {}).get("perm")
         self.batch_in_epoch, self.partial = st["batch_in_epoch"], st["partial"]
+
+
+def forward_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, micro_batch: int,
+                     label_smoothing: float, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of the mean loss over the batch, accumulated over micro-batches of
+    ``micro_batch`` examples (0: one pass), so the paper's batch of 256 fits any memory."""
+    for p in model.parameters():
+        p.grad = None
+    size = micro_batch or len(y)
+    total, all_logits = torch.zeros(()), []
+    for xc, yc in zip(x.split(size), y.split(size)):
+        with autocast(precision):
+            logits = model(xc)
+            loss = F.cross_entropy(logits.float(), yc, label_smoothing=label_smoothing) * (len(yc) / len(y))
+        if not torch.isfinite(loss):
+            return loss.detach(), logits.detach()
+        loss.backward()
+        total += loss.detach()
+        all_logits.append(logits.detach())
+    return total, torch.cat(all_logits)
 
 
 def _install_stop_handlers(handler: Callable) -> dict:

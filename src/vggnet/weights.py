@@ -157,3 +157,33 @@ def convert_torchvision(src: str | Path, out: str | Path) -> Path:
         wnids, classes = imagenet_classes()
         extra["wnids"] = wnids
     return save_weights(out, model, describe(model, classes, **extra))
+
+
+# Section 3.1: "we initialised the first four convolutional layers and the last three
+# fully-connected layers with the layers of net A (the intermediate layers were
+# initialised randomly)". A's first four convs, matched by name in the deeper net.
+WARM_START_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
+
+
+def warm_start(model: VGG, source: str | Path) -> list[str]:
+    """Initialise ``model`` from a checkpoint: everything when the source is the same net
+    (fine-tuning at a new scale, 3.1); from a net A, the paper's seven layers, the rest
+    drawn from N(0, 0.01). Returns the names of the layers copied."""
+    from .model import init_weights
+
+    src_model, meta = load_weights(source)
+    if (meta["config"], meta["batch_norm"], meta["head"]) == (model.config, model.batch_norm, model.head):
+        model.load_state_dict(src_model.state_dict())
+        return model.layer_names()
+    if meta["config"] not in ("A", "A-LRN"):
+        raise WeightsError(f"{source}: warm start copies from configuration A or from the same net "
+                           f"({model.config}); this checkpoint is {meta['config']}")
+    init_weights(model, "paper")
+    src, dst = src_model.named_layers(), model.named_layers()
+    for name in WARM_START_LAYERS:
+        for a, b in zip(src[name], dst[name]):
+            if a.weight.shape != b.weight.shape:
+                raise WeightsError(f"{source}: layer {name} has shape {tuple(a.weight.shape)}, "
+                                   f"the model needs {tuple(b.weight.shape)}")
+            b.load_state_dict(a.state_dict())
+    return list(WARM_START_LAYERS)

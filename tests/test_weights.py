@@ -1,0 +1,108 @@
+import pickle
+
+import pytest
+import torch
+
+from vggnet import build_model
+from vggnet.weights import (WARM_START_LAYERS, WeightsError, convert_torchvision, describe, imagenet_classes,
+                            load_weights, read_metadata, save_weights, warm_start)
+
+TINY = 1 / 16
+
+
+def test_round_trip_same_outputs_in_eval_and_train_mode(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("B", batch_norm=True, num_classes=5, head="cifar", width=TINY)
+    model.train()(torch.randn(8, 3, 32, 32))  # move BN running statistics away from their init
+    path = save_weights(tmp_path / "w.safetensors", model, describe(model, list("abcde"), mean=[1.0, 2.0, 3.0]))
+    loaded, meta = load_weights(path)
+    assert meta["classes"] == list("abcde") and not loaded.training
+    x = torch.randn(3, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+        model.train(), loaded.train()
+        torch.manual_seed(1)
+        a = model(x)
+        torch.manual_seed(1)
+        assert torch.equal(loaded(x), a)
+
+
+def test_torchvision_conversion(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    theirs = torchvision.models.vgg11_bn().eval()
+    torch.save(theirs.state_dict(), tmp_path / "vgg11_bn.pth")
+    out = convert_torchvision(tmp_path / "vgg11_bn.pth", tmp_path / "vgg11_bn.safetensors")
+    ours, meta = load_weights(out)
+    assert (meta["config"], meta["batch_norm"], meta["num_classes"]) == ("A", True, 1000)
+    assert meta["classes"][0] == "tench" and meta["wnids"][0] == "n01440764" and meta["std"] == [58.395, 57.12, 57.375]
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_malicious_pickle_is_refused_and_does_not_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "evil.pth", "wb") as fh:
+        pickle.dump({"features.0.weight": _Evil()}, fh)
+    with pytest.raises(WeightsError, match="refused or unreadable as plain weights"):
+        convert_torchvision(tmp_path / "evil.pth", tmp_path / "out.safetensors")
+    assert not (tmp_path / "PWNED").exists()
+    with pytest.raises(WeightsError, match="not a safetensors weights file.*vggnet convert"):
+        load_weights(tmp_path / "evil.pth")
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"colour": "red"}, "unknown metadata key 'colour'"),
+    ({"num_classes": "5"}, "'num_classes' has type str"),
+    ({"classes": ["a"]}, "1 class names for 5 classes"),
+    ({"head": "fcn"}, "unknown head"),
+    ({"mean": [1.0, 2.0]}, "mean must be three numbers"),
+])
+def test_metadata_is_validated(tmp_path, change, message):
+    model = build_model("A", num_classes=5, head="cifar", width=TINY)
+    with pytest.raises(WeightsError, match=message):
+        save_weights(tmp_path / "w.safetensors", model, {**describe(model), **change})
+
+
+def test_missing_file_and_foreign_safetensors(tmp_path):
+    from safetensors.torch import save_file
+    with pytest.raises(WeightsError, match="no such weights file"):
+        read_metadata(tmp_path / "nothing.safetensors")
+    save_file({"x": torch.ones(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(WeightsError, match="without vggnet metadata"):
+        read_metadata(tmp_path / "other.safetensors")
+
+
+def test_imagenet_class_list():
+    wnids, names = imagenet_classes()
+    assert len(wnids) == 1000 and wnids == sorted(wnids) and names[1] == "goldfish"
+
+
+def test_warm_start_from_a_copies_the_papers_layers(tmp_path):
+    torch.manual_seed(0)
+    a = build_model("A", num_classes=10, head="cifar", width=0.125)
+    path = save_weights(tmp_path / "a.safetensors", a, describe(a))
+    d = build_model("D", num_classes=10, head="cifar", width=0.125)
+    assert warm_start(d, path) == list(WARM_START_LAYERS)
+    src, dst = a.named_layers(), d.named_layers()
+    for name in WARM_START_LAYERS:
+        assert torch.equal(src[name][0].weight, dst[name][0].weight), name
+    for name in ("conv1_2", "conv2_2", "conv3_3", "conv4_1", "conv5_3"):
+        w = dst[name][0].weight
+        assert abs(w.std().item() - 0.01) < 0.002 and dst[name][0].bias.abs().sum() == 0, name
+    e = build_model("E", num_classes=10, head="cifar", width=0.125)
+    b_path = save_weights(tmp_path / "b.safetensors", build_model("B", num_classes=10, head="cifar", width=0.125),
+                          describe(build_model("B", num_classes=10, head="cifar", width=0.125)))
+    with pytest.raises(WeightsError, match="warm start copies from configuration A"):
+        warm_start(e, b_path)
+    same = build_model("A", num_classes=10, head="cifar", width=0.125)
+    warm_start(same, path)   # fine-tuning at a new scale: everything copied
+    assert all(torch.equal(x, y) for x, y in zip(same.state_dict().values(), a.state_dict().values()))
