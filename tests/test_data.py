@@ -192,3 +192,49 @@ def test_shared_cifar10_test_split_decodes():
     assert data.images.shape == (10000, 3, 32, 32)
     assert torch.bincount(data.labels).tolist() == [1000] * 10
     assert data.classes[:3] == ["airplane", "automobile", "bird"]
+
+
+def test_scale_jitter_draws_s_in_range(monkeypatch):
+    seen = []
+    original = D.rescale
+    monkeypatch.setattr(D, "rescale", lambda x, q: (seen.append(q), original(x, q))[1])
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (64, 3, 32, 32), dtype=torch.uint8)
+    out = D.scale_jitter_crop(images, 32, 48, 32, g)
+    assert out.shape == (64, 3, 32, 32) and out.dtype == torch.uint8
+    assert all(32 <= q <= 48 for q in seen) and len(set(seen)) > 8
+
+
+def test_pca_lighting_keeps_the_mean_and_follows_the_eigenvectors():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(20000, 3, generator=g) @ torch.tensor([[40.0, 30, 20], [0, 20, 10], [0, 0, 5]])
+    images = (base + 120).clamp(0, 255).to(torch.uint8).T.reshape(3, 200, 100).permute(1, 0, 2)[..., None]
+    stats = D.pca_lighting_stats(images)
+    vec = torch.tensor(stats["eigvec"])
+    torch.testing.assert_close(vec.T @ vec, torch.eye(3), atol=1e-5, rtol=0)
+    assert stats["eigval"] == sorted(stats["eigval"]) and stats["eigval"][0] > 0
+    x = torch.full((4000, 3, 2, 2), 100.0)
+    shifted = D.pca_lighting(x, stats, 0.1, torch.Generator().manual_seed(1))
+    shift = (shifted - x)[:, :, 0, 0]                                 # (N, 3), the same on every pixel
+    assert torch.equal(shifted[:, :, 1, 1], shifted[:, :, 0, 0])
+    torch.testing.assert_close(shift.mean(0), torch.zeros(3), atol=0.05 * max(stats["eigval"]) ** 0.5 + 1.0, rtol=0)
+    alpha = (shift @ vec) / torch.tensor(stats["eigval"])              # coordinates on the components
+    torch.testing.assert_close(alpha.std(0), torch.full((3,), 0.1), atol=0.01, rtol=0)
+
+
+def test_streaming_images_of_any_size_and_mode(tmp_path):
+    root = tmp_path / "photos"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    Image.new("L", (300, 200), 90).save(root / "a" / "gray.jpg")
+    Image.new("RGB", (150, 400), (200, 10, 10)).convert("CMYK").save(root / "a" / "cmyk.jpg")
+    Image.new("RGBA", (120, 90), (0, 0, 255, 128)).save(root / "b" / "small.png")
+    items, classes = D.list_image_folder(root)
+    train = D.StreamingImages(items, classes, crop=64, scale=(72, 96), train=True)
+    test = D.StreamingImages(items, classes, crop=64, scale=(72, 96), train=False)
+    for i in range(3):
+        assert train[i][0].shape == (3, 64, 64) and test[i][0].dtype == torch.uint8
+    assert torch.equal(train[1][0], train[1][0])          # the same crop for the same (seed, epoch, image)
+    batches = list(train.loader(torch.tensor([2, 0, 1]), batch_size=2, workers=0))
+    assert batches[0][0].shape == (2, 3, 64, 64) and batches[0][1].tolist() == [1, 0]
+    assert not D.fits_in_memory(items)

@@ -108,3 +108,58 @@ def test_atomic_checkpoint_survives_failed_write(tmp_path, monkeypatch):
     groups, meta = read_checkpoint(path)
     assert meta == {"epoch": 1} and torch.equal(groups["model"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["ck.safetensors"]   # the partial file is cleaned up
+
+
+def test_accumulated_micro_batches_equal_one_large_batch():
+    from vggnet import build_model
+    from vggnet.train import forward_backward
+    torch.manual_seed(0)
+    model = build_model("A", num_classes=4, head="cifar", width=TINY_WIDTH, dropout=0.0, init="glorot").double()
+    x, y = torch.randn(16, 3, 32, 32, dtype=torch.float64), torch.randint(0, 4, (16,))
+    loss_full, _ = forward_backward(model, x, y, 0, 0.1, "fp32")
+    full = [p.grad.clone() for p in model.parameters()]
+    loss_acc, logits = forward_backward(model, x, y, 4, 0.1, "fp32")
+    assert logits.shape == (16, 4)
+    torch.testing.assert_close(loss_acc, loss_full)
+    for a, b in zip(full, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
+
+
+TINY_WIDTH = 1 / 16
+
+
+def test_scale_jitter_lighting_run_records_its_statistics(dataset, tmp_path):
+    settings = tiny(dataset, tmp_path / "jit", epochs=1)
+    settings.recipe = settings.recipe.replace(train_scale=(32, 48), lighting=0.1, micro_batch=8)
+    result = train(settings)
+    meta = read_checkpoint(tmp_path / "jit" / "last.safetensors")[1]["model"]
+    assert meta["train_scale"] == [32, 48] and len(meta["lighting"]["eigval"]) == 3 and meta["input_size"] == 32
+    assert 0 <= result["final_test_acc"] <= 1
+
+
+def test_streaming_path_trains_on_photos_of_any_size(tmp_path):
+    from PIL import Image
+    root = tmp_path / "photos"
+    for split, n in (("train", 12), ("test", 4)):
+        for k, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
+            d = root / split / f"class{k}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40 + 7 * i, 64 + 3 * i), colour).save(d / f"{i}.jpg")
+    settings = RunSettings(config="A", batch_norm=True, data=str(root), out=str(tmp_path / "run"), val_size=4,
+                           width=TINY_WIDTH, workers=0,
+                           recipe=get_recipe("fast").replace(epochs=1, batch_size=4, init="glorot", crop_size=32,
+                                                             train_scale=(36, 48)))
+    result = train(settings)
+    assert result["epochs"] == 1
+    assert read_checkpoint(tmp_path / "run" / "best.safetensors")[1]["model"]["input_size"] == 32
+
+
+def test_warm_start_setting_copies_from_a(dataset, tmp_path):
+    train(tiny(dataset, tmp_path / "a", epochs=1))
+    settings = tiny(dataset, tmp_path / "d", epochs=1, init_from=str(tmp_path / "a" / "last.safetensors"))
+    settings.config = "B"
+    trainer = Trainer(settings)
+    a = read_checkpoint(tmp_path / "a" / "last.safetensors")[0]["model"]
+    conv3_1 = trainer.model.named_layers()["conv3_1"][0]
+    assert torch.equal(conv3_1.weight.float(), a[f"features.{8}.weight"])   # A: conv3_1 is features.8 with BN
