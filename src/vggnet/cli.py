@@ -139,7 +139,49 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_summary, _add_eval, _add_convert]
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="class names and probabilities for an image or a folder of images")
+    p.add_argument("target", help="an image file or a folder (searched recursively)")
+    p.add_argument("--weights", required=True, help="weights or checkpoint (.safetensors)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--cam", metavar="OUT", help="Grad-CAM heat map PNG (a folder of PNGs for a folder of images)")
+    p.add_argument("--cam-layer", help="conv layer for Grad-CAM (default: the last conv)")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .predict import format_predictions, list_images, predict, save_cam
+    results = predict(args.target, args.weights, args.topk, args.batch_size)
+    print(format_predictions(results, args.format))
+    if args.cam:
+        files = list_images(args.target)
+        for f in files:
+            out = Path(args.cam) if len(files) == 1 and Path(args.target).is_file() else Path(args.cam) / f"{f.stem}-cam.png"
+            save_cam(f, args.weights, out, args.cam_layer)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export weights to ONNX")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx")
+    p.add_argument("--dense", action="store_true", help="export the fully convolutional form (any input size)")
+    p.add_argument("--opset", type=int, default=18)
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+    print(f"wrote {export_onnx(args.weights, args.onnx, args.dense, args.opset)}")
+    return 0
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_summary, _add_eval, _add_convert, _add_predict,
+                                                              _add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

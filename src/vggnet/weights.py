@@ -187,3 +187,71 @@ def warm_start(model: VGG, source: str | Path) -> list[str]:
                                    f"the model needs {tuple(b.weight.shape)}")
             b.load_state_dict(a.state_dict())
     return list(WARM_START_LAYERS)
+
+
+def _keras_arrays(path: Path) -> dict[str, list]:
+    """{layer name: [kernel, bias]} from a Keras VGG16/VGG19 weights file, in either layout:
+    Keras 2's ``*_tf_dim_ordering_tf_kernels.h5`` (attributes ``layer_names``/``weight_names``)
+    or Keras 3's ``.weights.h5`` (``layers/<name>/vars/<i>``)."""
+    try:
+        import h5py
+    except ImportError:
+        raise WeightsError("reading Keras weights needs h5py: pip install h5py") from None
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise WeightsError(f"{path}: not an HDF5 file ({exc})") from None
+    layers: dict[str, list] = {}
+    with f:
+        root = f["model_weights"] if "model_weights" in f else f
+        if "layer_names" in root.attrs:                                   # Keras 2 / legacy h5
+            for raw in root.attrs["layer_names"]:
+                name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                group = root[name]
+                names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
+                if names:
+                    layers[name] = [group[n][()] for n in names]
+        elif "layers" in root:                                            # Keras 3 .weights.h5
+            for name, group in root["layers"].items():
+                if "vars" in group and len(group["vars"]):
+                    layers[name] = [group["vars"][str(i)][()] for i in range(len(group["vars"]))]
+        else:
+            raise WeightsError(f"{path}: neither a Keras 2 nor a Keras 3 weights file")
+    return layers
+
+
+def convert_keras(src: str | Path, out: str | Path) -> Path:
+    """Keras ``VGG16``/``VGG19`` weights to ours: kernels HWIO -> OIHW, Dense (in, out) ->
+    (out, in), fc1's rows reordered from Keras's channels-last flatten (h, w, c) to ours
+    (c, h, w); Caffe preprocessing (BGR, mean subtraction, no scaling) recorded."""
+    src = Path(src)
+    layers = _keras_arrays(src)
+    convs = sorted((n for n in layers if re.fullmatch(r"block\d_conv\d", n)), key=lambda n: (n[5], n[-1]))
+    config = {13: "D", 16: "E"}.get(len(convs))
+    if config is None or not {"fc1", "fc2", "predictions"} <= set(layers):
+        raise WeightsError(f"{src}: expected Keras VGG16 or VGG19 with its top (fc1, fc2, predictions); "
+                           f"found {len(convs)} conv layers and {sorted(n for n in layers if not n.startswith('block'))}")
+    num_classes = int(layers["predictions"][0].shape[1])
+    model = build_model(config, num_classes=num_classes)
+    state = model.state_dict()
+    conv_keys = [k for k in state if k.startswith("features.") and k.endswith(".weight")]
+    for key, name in zip(conv_keys, convs):
+        kernel, bias = layers[name]
+        state[key] = torch.from_numpy(kernel).permute(3, 2, 0, 1).contiguous()        # HWIO -> OIHW
+        state[key.replace("weight", "bias")] = torch.from_numpy(bias)
+    fc1 = torch.from_numpy(layers["fc1"][0])                                          # (h*w*c, 4096)
+    side = int(round((fc1.shape[0] // 512) ** 0.5))
+    if side != 7:
+        raise WeightsError(f"{src}: fc1 reads a {side}x{side} map; only 224x224 Keras models convert")
+    fc1 = fc1.reshape(7, 7, 512, -1).permute(2, 0, 1, 3).reshape(7 * 7 * 512, -1)     # rows (h, w, c) -> (c, h, w)
+    for idx, name, kernel in ((0, "fc1", fc1), (3, "fc2", None), (6, "predictions", None)):
+        k = kernel if kernel is not None else torch.from_numpy(layers[name][0])
+        state[f"classifier.{idx}.weight"] = k.T.contiguous()
+        state[f"classifier.{idx}.bias"] = torch.from_numpy(layers[name][1])
+    model.load_state_dict(state)
+    extra: dict = {"source": "keras", **CAFFE_PREPROCESSING, "input_size": 224}
+    classes = None
+    if num_classes == 1000:
+        wnids, classes = imagenet_classes()
+        extra["wnids"] = wnids
+    return save_weights(out, model, describe(model, classes, **extra))
