@@ -235,6 +235,6 @@ def test_streaming_images_of_any_size_and_mode(tmp_path):
     for i in range(3):
         assert train[i][0].shape == (3, 64, 64) and test[i][0].dtype == torch.uint8
     assert torch.equal(train[1][0], train[1][0])          # the same crop for the same (seed, epoch, image)
-    batches = list(train.loader(torch.tensor([2, 0, 1]), batch_size=2, workers=0))
+    batches = list(train.loader([torch.tensor([2, 0]), torch.tensor([1])], workers=0))
     assert batches[0][0].shape == (2, 3, 64, 64) and batches[0][1].tolist() == [1, 0]
     assert not D.fits_in_memory(items)

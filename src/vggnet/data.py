@@ -364,6 +364,7 @@ class StreamingImages(torch.utils.data.Dataset):
                  scale: tuple[int, int], train: bool, seed: int = 0) -> None:
         self.items, self.classes, self.crop, self.scale, self.train, self.seed = items, classes, crop, scale, train, seed
         self.epoch = 0
+        self.flip, self.lighting, self.lighting_std = False, None, 0.0   # set by the trainer
         self.labels = torch.tensor([y for _, y in items], dtype=torch.int64)
 
     def __len__(self) -> int:
@@ -377,14 +378,20 @@ class StreamingImages(torch.utils.data.Dataset):
         # a generator per (seed, epoch, image): the same crops whatever the number of workers
         g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFF_FFFF)
         s = int(torch.randint(self.scale[0], self.scale[1] + 1, (1,), generator=g))
-        return random_crop(rescale(img, s), self.crop, g), label
+        img = random_crop(rescale(img, s), self.crop, g)
+        if self.flip and torch.rand((), generator=g) < 0.5:
+            img = img.flip(-1)
+        if self.lighting:
+            return pca_lighting(img[None].float(), self.lighting, self.lighting_std, g)[0], label
+        return img, label
 
     def subset(self, index: torch.Tensor) -> "StreamingImages":
-        return StreamingImages([self.items[i] for i in index.tolist()], self.classes, self.crop, self.scale,
+        view = StreamingImages([self.items[i] for i in index.tolist()], self.classes, self.crop, self.scale,
                                self.train, self.seed)
+        view.flip, view.lighting, view.lighting_std = self.flip, self.lighting, self.lighting_std
+        return view
 
-    def loader(self, order: torch.Tensor, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
-        """Batches in the given order of indices (the epoch's permutation, resumable)."""
-        batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-        return torch.utils.data.DataLoader(self, batch_sampler=batches, num_workers=workers,
-                                           persistent_workers=False)
+    def loader(self, batches: list[torch.Tensor], workers: int) -> torch.utils.data.DataLoader:
+        """One batch per tensor of indices, in order (the epoch's permutation: resumable)."""
+        return torch.utils.data.DataLoader(self, batch_sampler=[b.tolist() for b in batches if len(b)],
+                                           num_workers=workers, persistent_workers=False)

@@ -8,6 +8,7 @@ its JSON metadata in the header), so ``--resume`` continues bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,6 +29,7 @@ from .configs import Recipe, get_recipe
 from .data import (StreamingImages, TensorData, center_crop, channel_stats, load_dataset, normalize,
                    pca_lighting, pca_lighting_stats, random_crop_flip, rescale, scale_jitter_crop, split_validation)
 from .model import VGG, build_model
+from .distributed import World, barrier, convert_sync_batchnorm, gather, setup, shard
 from .weights import warm_start
 
 Data = TensorData | StreamingImages
@@ -56,6 +58,7 @@ class RunSettings:
     init_from: str | None = None         # warm start (3.1): a checkpoint of A, or of the same net at another scale
     stream: bool | None = None           # None: decode into memory when the images fit and share one size
     workers: int = 2                     # DataLoader workers of the streaming path
+    sync_bn: bool = False                # under torchrun: BatchNorm statistics over the global batch
 
 
 def bf16_supported() -> bool:
@@ -94,9 +97,12 @@ class Trainer:
     def __init__(self, settings: RunSettings, resume: bool = False) -> None:
         self.s, self.r = settings, settings.recipe
         self.out = Path(settings.out)
-        self._check_out_dir()
         if settings.threads:
             torch.set_num_threads(settings.threads)
+        self.world: World = setup(settings.threads)
+        self._check_out_dir()
+        restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"   # torchrun brought us back
+        resume = resume or (restarted and (self.out / "last.safetensors").is_file())
         torch.set_flush_denormal(True)  # denormal floats slow CPU kernels up to 100x (measured: BENCHMARKS.md)
         torch.manual_seed(settings.seed)
         random.seed(settings.seed)
@@ -118,12 +124,19 @@ class Trainer:
         mean, std = channel_stats(sample)
         self.mean, self.std = mean, std if settings.divide_std else None
         self.lighting = pca_lighting_stats(sample) if self.r.lighting else None
+        if self.streaming:  # flips and colour shifts happen per image in the workers
+            self.train.flip, self.train.lighting, self.train.lighting_std = self.r.flip, self.lighting, self.r.lighting
         self.model = build_model(settings.config, batch_norm=settings.batch_norm, num_classes=len(self.classes),
                                  head=self.r.head, init=self.r.init, dropout=self.r.dropout,
                                  width=settings.width)
         if settings.init_from:
             warm_start(self.model, settings.init_from)
-        self.model = self.model.to(memory_format=torch.channels_last)
+        if settings.sync_bn and self.world.size > 1:
+            convert_sync_batchnorm(self.model, cuda=self.world.device.startswith("cuda"))
+        self.model = self.model.to(self.world.device, memory_format=torch.channels_last)
+        self.net: torch.nn.Module = self.model    # what the step runs: the model, or DDP around it
+        if self.world.size > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
         self.opt = torch.optim.SGD(param_groups(self.model, self.r.weight_decay, self.r.decay_norm_and_bias),
                                    lr=self.r.lr, momentum=self.r.momentum, nesterov=self.r.nesterov)
         self.steps_per_epoch = max(1, len(self.train) // self.r.batch_size)
@@ -140,7 +153,7 @@ class Trainer:
         """Fail before training, not after the first epoch, if the run folder is not writable."""
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / ".write-test"
+            probe = self.out / f".write-test-{self.world.rank}"
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
@@ -159,7 +172,9 @@ class Trainer:
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 batch -> model input, section 3.1: scale jittering and random crops, PCA
         colour shift, mean subtraction, flips; all as whole-batch tensor operations."""
-        if self.scale and not self.streaming:  # streamed images arrive rescaled and cropped
+        if self.streaming:  # streamed images arrive rescaled, cropped, flipped and colour-shifted
+            return normalize(images, self.mean, self.std).contiguous(memory_format=torch.channels_last)
+        if self.scale:
             images = scale_jitter_crop(images, self.scale[0], self.scale[1], self.crop, self.gen)
         x = images.to(torch.float32)
         if self.lighting:
@@ -175,10 +190,13 @@ class Trainer:
             images = center_crop(rescale(images, (self.scale[0] + self.scale[1]) // 2), self.crop)
         return normalize(images, self.mean, self.std).contiguous(memory_format=torch.channels_last)
 
-    def batches(self, data: Data, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """uint8 image batches and labels in the given order of indices."""
+    def batches(self, data: Data, order: torch.Tensor, batch_size: int,
+                split: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Image batches and labels in the given order of indices; with ``split``, streamed
+        batches hold only this rank's shard of each global batch (in-memory ones are whole)."""
         if isinstance(data, StreamingImages):
-            yield from data.loader(order, batch_size, self.s.workers)
+            chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+            yield from data.loader([c[shard(len(c), self.world)] if split else c for c in chunks], self.s.workers)
             return
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
@@ -193,12 +211,15 @@ class Trainer:
             g["lr"] = self.lr
 
     def _should_stop(self) -> bool:
+        """A step or time limit, Ctrl-C or SIGTERM; under torchrun, any rank's stop stops all."""
         s = self.s
-        if s.stop_after_steps and self.steps_this_process >= s.stop_after_steps:
-            return True
-        if s.time_limit_min and time.monotonic() - self.started > 60 * s.time_limit_min:
-            return True
-        return self.stop_requested
+        stop = (bool(s.stop_after_steps) and self.steps_this_process >= s.stop_after_steps) or self.stop_requested
+        stop = stop or bool(s.time_limit_min and time.monotonic() - self.started > 60 * s.time_limit_min)
+        if self.world.size > 1:
+            flag = torch.tensor([float(stop)])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
 
     def train_epoch(self) -> dict[str, float] | None:
         """One pass over the training set (or the rest of it, after a mid-epoch resume);
@@ -211,19 +232,24 @@ class Trainer:
         start, data_time, seen_here = time.perf_counter(), 0.0, 0
         fetched = start
         bar = tqdm(range(self.batch_in_epoch, self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{self.r.epochs}",
-                   leave=False, disable=None, dynamic_ncols=True)
+                   leave=False, disable=None if self.world.main else True, dynamic_ncols=True)
         bs = self.r.batch_size
         if self.streaming:
             self.train.epoch = self.epoch
-        todo = self.perm[self.batch_in_epoch * bs:self.steps_per_epoch * bs]
+        first = self.batch_in_epoch
+        todo = self.perm[first * bs:self.steps_per_epoch * bs]
         for i, (images, y) in zip(bar, self.batches(self.train, todo, bs)):
             if self._should_stop():
                 return None
             x = self.augment(images)
+            global_batch = min(bs, len(todo) - (i - first) * bs)
+            if not self.streaming and self.world.size > 1:   # every rank augments the batch, keeps its shard
+                part = shard(len(y), self.world)
+                x, y = x[part], y[part]
             data_time += time.perf_counter() - fetched    # reading the batch and augmenting it
             self.set_lr()
-            loss, logits = forward_backward(self.model, x, y, self.r.micro_batch, self.r.label_smoothing,
-                                            self.r.precision)
+            loss, logits = forward_backward(self.net, x, y, self.r.micro_batch, self.r.label_smoothing,
+                                            self.r.precision, global_batch, self.world.size)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch + 1}, step {i + 1}, "
                                          f"lr {self.lr:.3g}; the last good checkpoint is {self.out / 'last.safetensors'}")
@@ -239,6 +265,11 @@ class Trainer:
             fetched = time.perf_counter()
         self.perm = None
         elapsed = time.perf_counter() - start
+        if self.world.size > 1:   # the epoch's loss and accuracy over every rank's shard
+            totals = torch.tensor([p["loss_sum"], p["correct"], p["seen"]], dtype=torch.float64)
+            torch.distributed.all_reduce(totals)
+            p = dict(zip(("loss_sum", "correct", "seen"), totals.tolist()))
+            seen_here *= self.world.size
         return {"train_loss": p["loss_sum"] / max(p["seen"], 1), "train_acc": p["correct"] / max(p["seen"], 1),
                 "train_time_s": elapsed, "data_time_s": data_time, "images_per_s": seen_here / elapsed, "lr": self.lr}
 
@@ -247,14 +278,15 @@ class Trainer:
         """Logits for a whole data set; with the recipe's tta_flip, averaged with the mirror image."""
         self.model.eval()
         out = []
-        for images, _ in self.batches(data, torch.arange(len(data)), batch_size):
+        mine = torch.arange(len(data))[shard(len(data), self.world)]   # each rank scores its part
+        for images, _ in self.batches(data, mine, batch_size, split=False):
             x = self.prepare_eval(images)
             with autocast(self.r.precision):
                 logits = self.model(x).float()
                 if self.r.tta_flip:
                     logits = (logits + self.model(x.flip(-1)).float()) / 2
             out.append(logits)
-        return torch.cat(out)
+        return gather(torch.cat(out), self.world)
 
     def after_epoch(self, val_acc: float) -> None:
         """Paper schedule (3.1): divide lr by 10 when validation accuracy stalls."""
@@ -279,7 +311,8 @@ class Trainer:
                 stats = self.train_epoch()
                 if stats is None:  # stopped mid-epoch: keep the exact position
                     self.save_checkpoint(self.out / "last.safetensors")
-                    tqdm.write(f"stopped at epoch {self.epoch + 1}, step {self.batch_in_epoch}; "
+                    if self.world.main:
+                        tqdm.write(f"stopped at epoch {self.epoch + 1}, step {self.batch_in_epoch}; "
                                f"continue with --resume --out {self.out}")
                     return {"stopped": True, "epoch": self.epoch, "step": self.step}
                 self.epoch += 1
@@ -292,6 +325,8 @@ class Trainer:
                 self.save_checkpoint(self.out / "last.safetensors")
                 if is_best:
                     self.save_checkpoint(self.out / "best.safetensors")
+                if not self.world.main:
+                    continue
                 with open(self.out / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(stats) + "\n")
                 tqdm.write(f"epoch {self.epoch}: loss {stats['train_loss']:.4f} train {stats['train_acc']:.4f} "
@@ -316,6 +351,8 @@ class Trainer:
             best_logits = self.predict(self.test)
             result["best_val_test_acc"] = accuracy(best_logits, self.test.labels)
             result["best_val_acc"] = self.best_val
+        if not self.world.main:
+            return result
         confusion = confusion_matrix(final_logits.argmax(1), self.test.labels, len(self.classes))
         per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
         result["per_class_acc"] = dict(zip(self.classes, per_class))
@@ -333,6 +370,8 @@ class Trainer:
                 "lighting": self.lighting, "recipe": dataclasses.asdict(self.r)}
 
     def _write_run_json(self) -> None:
+        if not self.world.main:
+            return
         settings = dataclasses.asdict(self.s)
         (self.out / "run.json").write_text(json.dumps({"settings": settings, "model": self.metadata()}, indent=2))
 
@@ -349,7 +388,9 @@ class Trainer:
         state = {"epoch": self.epoch, "step": self.step, "lr": self.lr, "lr_cuts": self.lr_cuts,
                  "best_val": self.best_val, "stale": self.stale, "batch_in_epoch": self.batch_in_epoch,
                  "partial": self.partial}
-        write_checkpoint(path, tensors, {"model": self.metadata(), "state": state})
+        if self.world.main:   # one writer; the others wait until the file is complete
+            write_checkpoint(path, tensors, {"model": self.metadata(), "state": state})
+        barrier(self.world)
 
     def load_checkpoint(self, path: Path) -> None:
         if not path.is_file():
@@ -373,20 +414,25 @@ class Trainer:
 
 
 def forward_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, micro_batch: int,
-                     label_smoothing: float, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of the mean loss over the batch, accumulated over micro-batches of
-    ``micro_batch`` examples (0: one pass), so the paper's batch of 256 fits any memory."""
+                     label_smoothing: float, precision: str, global_batch: int = 0,
+                     world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of the mean loss over the global batch, accumulated over micro-batches of
+    ``micro_batch`` examples (0: one pass), so the paper's batch of 256 fits any memory.
+    Under DDP (which averages over ranks) each rank's loss is weighted by its share."""
     for p in model.parameters():
         p.grad = None
-    size = micro_batch or len(y)
+    size, scale = micro_batch or len(y), world_size / (global_batch or len(y))
+    chunks = list(zip(x.split(size), y.split(size)))
     total, all_logits = torch.zeros(()), []
-    for xc, yc in zip(x.split(size), y.split(size)):
-        with autocast(precision):
+    for j, (xc, yc) in enumerate(chunks):
+        last = j == len(chunks) - 1
+        sync = model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()
+        with sync, autocast(precision):
             logits = model(xc)
-            loss = F.cross_entropy(logits.float(), yc, label_smoothing=label_smoothing) * (len(yc) / len(y))
-        if not torch.isfinite(loss):
-            return loss.detach(), logits.detach()
-        loss.backward()
+            loss = F.cross_entropy(logits.float(), yc, label_smoothing=label_smoothing) * (len(yc) * scale)
+            if not torch.isfinite(loss):
+                return loss.detach(), logits.detach()
+            loss.backward()
         total += loss.detach()
         all_logits.append(logits.detach())
     return total, torch.cat(all_logits)

@@ -1,0 +1,110 @@
+"""Data parallelism with PyTorch's own engine: torchrun + DistributedDataParallel.
+
+``torchrun --nproc_per_node=N -m vggnet train ...`` sets RANK/WORLD_SIZE; :func:`setup`
+joins the process group (gloo on CPU, NCCL on CUDA). The paper trained on 4 GPUs with
+synchronous data parallelism (section 3.3); so do we, with the global batch of the
+recipe split across ranks and gradients averaged by DDP.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(threads: int = 0) -> World:
+    """Join the torchrun process group when there is one; a single process otherwise."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = f"cuda:{local_rank}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if not threads and not cuda:  # ranks on one machine share its cores fairly
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    return World(rank, size, local_rank, device)
+
+
+def shard(n: int, world: World) -> slice:
+    """This rank's contiguous part of ``n`` items (sizes differ by at most one)."""
+    base, extra = divmod(n, world.size)
+    start = world.rank * base + min(world.rank, extra)
+    return slice(start, start + base + (1 if world.rank < extra else 0))
+
+
+def gather(t: torch.Tensor, world: World) -> torch.Tensor:
+    """Concatenate every rank's tensor in rank order (shards of unequal length allowed)."""
+    if world.size == 1:
+        return t
+    parts: list[torch.Tensor | None] = [None] * world.size
+    dist.all_gather_object(parts, t.cpu())
+    return torch.cat([p for p in parts if p is not None])
+
+
+def barrier(world: World) -> None:
+    if world.size > 1:
+        dist.barrier()
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm over the whole global batch on any device: sums and sums of squares are
+    all-reduced (differentiably), so N ranks x b images normalise like one batch of N*b.
+    PyTorch's nn.SyncBatchNorm only runs on GPUs; on those it is used instead."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        xf = x.float()
+        xd = xf.double()   # sums of squares in float64: E[x^2] - E[x]^2 cancels badly in float32
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64)
+        stats = all_reduce(torch.cat([xd.sum((0, 2, 3)), (xd * xd).sum((0, 2, 3)), count]))
+        c, n = x.shape[1], stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).float()
+        mean = mean.float()
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.lerp_(mean.detach(), m)
+            self.running_var.lerp_(var.detach() * n / (n - 1), m)
+        scale = self.weight / torch.sqrt(var + self.eps)
+        y = (xf - mean[None, :, None, None]) * scale[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(model: nn.Module, cuda: bool) -> nn.Module:
+    """Every BatchNorm2d becomes a synchronised one (same parameter names and state)."""
+    if cuda:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if type(child) is nn.BatchNorm2d:
+            sync = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats)
+            sync.load_state_dict(child.state_dict())
+            setattr(model, name, sync)
+        else:
+            convert_sync_batchnorm(child, cuda)
+    return model

@@ -1,0 +1,73 @@
+"""torchrun with 2 CPU processes (gloo): the same weights as one process with the whole
+batch, and a killed rank that torchrun restarts from the last checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import write_image_folder
+from vggnet.train import read_checkpoint
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+
+
+LOOPBACK = {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}   # both ranks on this machine's loopback
+
+
+def run(args, env=None, **kw):
+    env = {**os.environ, **LOOPBACK, **(env or {})}
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, **kw)
+
+
+def train_args(data, out, *extra):
+    return ["-m", "vggnet", "train", "--config", "A", "--width", "0.0625", "--data", str(data), "--out", str(out),
+            "--val-size", "16", "--batch-size", "16", "--init", "glorot", "--precision", "fp32", "--seed", "3",
+            "--threads", "1", "--lr", "0.005", *extra]   # a small lr: large steps amplify rounding differences
+
+
+def torchrun(nproc, *args):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+
+
+@pytest.mark.parametrize("bn", [["--no-batch-norm"], ["--batch-norm", "--sync-bn"]], ids=["no-bn", "sync-bn"])
+def test_two_ranks_equal_one_process_with_the_whole_batch(tmp_path, bn):
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=40)
+    one = run([sys.executable, *train_args(data, tmp_path / "one", "--epochs", "1", *bn)])
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = run(torchrun(2, *train_args(data, tmp_path / "two", "--epochs", "1", *bn)))
+    assert two.returncode == 0, two.stdout[-1000:] + two.stderr[:3000]
+    a = read_checkpoint(tmp_path / "one" / "last.safetensors")[0]["model"]
+    b = read_checkpoint(tmp_path / "two" / "last.safetensors")[0]["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5, msg=k)
+    m1 = json.loads((tmp_path / "one" / "metrics.jsonl").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.jsonl").read_text())
+    assert m1["val_acc"] == m2["val_acc"] and abs(m1["train_loss"] - m2["train_loss"]) < 1e-4
+
+
+def test_killed_rank_restarts_from_the_checkpoint(tmp_path):
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=200)
+    out = tmp_path / "run"
+    args = torchrun(2, "--max-restarts", "1", *train_args(data, out, "--epochs", "3", "--batch-size", "8"))
+    proc = subprocess.Popen(args, env={**os.environ, **LOOPBACK}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert (out / "metrics.jsonl").is_file(), "the first epoch never finished"
+    workers = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "vggnet"], capture_output=True, text=True).stdout.split()
+    assert workers, "no worker processes found"
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    assert (out / "results.json").is_file()
+    assert read_checkpoint(out / "last.safetensors")[1]["state"]["epoch"] == 3
