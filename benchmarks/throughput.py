@@ -1,0 +1,122 @@
+"""Images per second of vggnet's training step (the one `vggnet train` runs) against
+torchvision's VGG in a plain fp32 eager loop, measured alternately in the same process,
+with the achieved FLOPS as a fraction of the bf16/fp32 GEMM peak measured in the same run.
+
+    python benchmarks/throughput.py --config D --batch-norm --size 32 --batch 128
+    python benchmarks/throughput.py --mode infer --config D --size 224 --batch 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from vggnet import build_model
+from vggnet.summary import summarize, totals
+from vggnet.train import autocast, forward_backward
+
+TV_NAMES = {("A", False): "vgg11", ("A", True): "vgg11_bn", ("B", False): "vgg13", ("B", True): "vgg13_bn",
+            ("D", False): "vgg16", ("D", True): "vgg16_bn", ("E", False): "vgg19", ("E", True): "vgg19_bn"}
+
+
+def gemm_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    """FLOPS of a square matmul, the machine's practical peak for this dtype."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+
+
+def torchvision_model(config: str, bn: bool, size: int, classes: int) -> torch.nn.Module:
+    model = getattr(torchvision.models, TV_NAMES[(config, bn)])(num_classes=classes)
+    if size < 224:  # the common CIFAR adaptation: pool5 (1x1x512) straight into a 512-to-classes linear layer
+        model.avgpool, model.classifier = torch.nn.AdaptiveAvgPool2d(1), torch.nn.Linear(512, classes)
+    return model
+
+
+def ours_train_step(model, opt, x, y):
+    loss, _ = forward_backward(model, x, y, 0, 0.1, "bf16")
+    opt.step()
+
+
+def tv_train_step(model, opt, x, y):
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def timed(step, steps: int) -> float:
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="D")
+    p.add_argument("--batch-norm", action="store_true")
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--mode", choices=["train", "infer"], default="train")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    torch.set_flush_denormal(True)
+    head = "cifar" if args.size < 224 else "paper"
+    ours = build_model(args.config, batch_norm=args.batch_norm, num_classes=args.classes, head=head,
+                       dropout=0.0).to(memory_format=torch.channels_last)
+    theirs = torchvision_model(args.config, args.batch_norm, args.size, args.classes)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, args.classes, (args.batch,))
+    if args.mode == "train":
+        o_opt = torch.optim.SGD(ours.parameters(), lr=1e-3, momentum=0.9)
+        t_opt = torch.optim.SGD(theirs.parameters(), lr=1e-3, momentum=0.9)
+        ours.train(), theirs.train()
+        run_ours, run_theirs = (lambda: ours_train_step(ours, o_opt, xc, y)), (lambda: tv_train_step(theirs, t_opt, x, y))
+    else:
+        ours.eval(), theirs.eval()
+
+        def run_ours():
+            with torch.inference_mode(), autocast("bf16"):
+                ours(xc)
+
+        def run_theirs():
+            with torch.inference_mode():
+                theirs(x)
+    for fn in (run_ours, run_theirs):  # warm-up
+        timed(fn, 2)
+    o_times, t_times = [], []
+    for _ in range(args.repeats):  # alternate, so both see the same machine load
+        o_times.append(timed(run_ours, args.steps))
+        t_times.append(timed(run_theirs, args.steps))
+    images = args.batch * args.steps
+    o_ips, t_ips = images / statistics.median(o_times), images / statistics.median(t_times)
+    macs = totals(summarize(args.config, batch_norm=args.batch_norm, input_size=(args.size, args.size), head=head,
+                            num_classes=args.classes))["macs"]
+    flops_per_image = 2 * macs * (3 if args.mode == "train" else 1)
+    peak_bf16, peak_fp32 = gemm_peak(torch.bfloat16), gemm_peak(torch.float32)
+    print(json.dumps({
+        "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "mode": args.mode, "config": args.config,
+        "batch_norm": args.batch_norm, "size": args.size, "batch": args.batch,
+        "ours_img_s": round(o_ips, 1), "torchvision_fp32_img_s": round(t_ips, 1), "ratio": round(o_ips / t_ips, 2),
+        "ours_gflops": round(o_ips * flops_per_image / 1e9, 1), "bf16_gemm_peak_gflops": round(peak_bf16 / 1e9, 1),
+        "fraction_of_bf16_peak": round(o_ips * flops_per_image / peak_bf16, 3),
+        "torchvision_fraction_of_fp32_peak": round(t_ips * flops_per_image / peak_fp32, 3),
+        "fp32_gemm_peak_gflops": round(peak_fp32 / 1e9, 1)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
