@@ -38,6 +38,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="read images from disk each epoch (default: only when they do not fit in memory)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the streaming path")
     p.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm over the global batch")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave unreadable images out (listed in RUN_DIR/skipped.txt) instead of stopping")
     p.add_argument("--time-limit", type=float, default=0.0, metavar="MIN",
                    help="checkpoint and stop after MIN minutes; --resume continues")
     p.add_argument("--data", help="data set root (train/<class>/*, test/<class>/*) or cifar-10-python.tar.gz; "
@@ -70,7 +72,8 @@ def _run_train(args: argparse.Namespace) -> int:
                            download=args.download, out=args.out, seed=args.seed, val_size=args.val_size,
                            width=args.width, threads=args.threads, limit_train=args.limit_train,
                            limit_test=args.limit_test, init_from=args.init_from, stream=args.stream,
-                           workers=args.workers, time_limit_min=args.time_limit, sync_bn=args.sync_bn)
+                           workers=args.workers, time_limit_min=args.time_limit, sync_bn=args.sync_bn,
+                           skip_bad=args.skip_bad)
     result = train(settings, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))

@@ -14,7 +14,7 @@ import os
 import pickle
 import tarfile
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,12 +40,13 @@ class TensorData:
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
+    skipped: list[str] = field(default_factory=list)   # unreadable files left out (--skip-bad)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: torch.Tensor) -> "TensorData":
-        return TensorData(self.images[index], self.labels[index], self.classes)
+        return TensorData(self.images[index], self.labels[index], self.classes, self.skipped)
 
 
 def _is_dataset_root(path: Path) -> bool:
@@ -133,25 +134,58 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VGGNET_CACHE", Path.home() / ".cache" / "vggnet"))
 
 
-def load_folder_tensors(root: Path, use_cache: bool = True) -> TensorData:
+def reject_bad(bad: list[tuple[Path, str]], skip_bad: bool) -> list[str]:
+    """Stop with every unreadable file named, or (``skip_bad``) return them to be listed."""
+    if bad and not skip_bad:
+        listing = "; ".join(f"{p}: {why}" for p, why in bad[:20])
+        more = f" (and {len(bad) - 20} more)" if len(bad) > 20 else ""
+        raise DataError(f"{len(bad)} unreadable image(s): {listing}{more}; fix or remove them, or pass --skip-bad")
+    return [str(p) for p, _ in bad]
+
+
+def scan_images(items: list[tuple[Path, int]]) -> list[tuple[Path, str]]:
+    """A fast pre-scan (PIL reads headers and verifies the data) of files to stream."""
+    from PIL import Image
+    bad = []
+    for path, _ in items:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except Exception as exc:  # PIL raises many types for broken files
+            bad.append((path, str(exc) or type(exc).__name__))
+    return bad
+
+
+def load_folder_tensors(root: Path, use_cache: bool = True, skip_bad: bool = False) -> TensorData:
     """Decode every image of ``root/<class>/`` once into a uint8 tensor (all the same size),
-    cached as safetensors keyed by the listing."""
+    cached as safetensors keyed by the listing; unreadable files stop the load, naming
+    every one, or are left out with ``skip_bad``."""
     items, classes = list_image_folder(root)
     key = _listing_key(items)
     cached = cache_dir() / f"{root.resolve().name}-{key}.safetensors"
     if use_cache and cached.is_file():
         tensors = load_file(cached)
-        return TensorData(tensors["images"], tensors["labels"], classes)
-    images = [read_image(p) for p, _ in items]
+        skipped = json.loads(tensors.get("skipped_json", torch.zeros(0, dtype=torch.uint8)).numpy().tobytes() or b"[]")
+        return TensorData(tensors["images"], tensors["labels"], classes, skipped)
+    images, bad, good = [], [], []
+    for path, label in items:
+        try:
+            images.append(read_image(path))
+            good.append((path, label))
+        except DataError as exc:
+            bad.append((path, str(exc).split(": ", 1)[-1]))
+    skipped = reject_bad(bad, skip_bad)
+    items = good
     shapes = {tuple(im.shape) for im in images}
     if len(shapes) != 1:
         raise DataError(f"{root}: images have different sizes {sorted(shapes)[:3]}...; "
                         "use the streaming loader for such data sets")
-    data = TensorData(torch.stack(images), torch.tensor([y for _, y in items], dtype=torch.int64), classes)
+    data = TensorData(torch.stack(images), torch.tensor([y for _, y in items], dtype=torch.int64), classes, skipped)
     if use_cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp")
-        save_file({"images": data.images, "labels": data.labels}, str(tmp))
+        skipped_json = torch.frombuffer(bytearray(json.dumps(skipped).encode()), dtype=torch.uint8)
+        save_file({"images": data.images, "labels": data.labels, "skipped_json": skipped_json}, str(tmp))
         os.replace(tmp, cached)
     return data
 
@@ -218,7 +252,12 @@ def download(url: str, dest: Path, md5: str) -> Path:
 def fits_in_memory(items: list[tuple[Path, int]], budget_bytes: int = 4 << 30, probe: int = 16) -> bool:
     """Whether a folder can be decoded once into one tensor: the first images share a size
     and all of them at that size fit in ``budget_bytes``."""
-    shapes = {tuple(read_image(p).shape) for p, _ in items[:probe]}
+    shapes = set()
+    for p, _ in items[:probe]:
+        try:
+            shapes.add(tuple(read_image(p).shape))
+        except DataError:
+            continue
     if len(shapes) != 1:
         return False
     c, h, w = shapes.pop()
@@ -227,7 +266,8 @@ def fits_in_memory(items: list[tuple[Path, int]], budget_bytes: int = 4 << 30, p
 
 def load_dataset(path: str | os.PathLike | None = None, download_to: Path | None = None,
                  url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
-                 stream: bool | None = None) -> tuple["TensorData | StreamingImages", "TensorData | StreamingImages"]:
+                 stream: bool | None = None,
+                 skip_bad: bool = False) -> tuple["TensorData | StreamingImages", "TensorData | StreamingImages"]:
     """(train, test) from a folder with train/ and test/ image folders or the CIFAR archive;
     ``download_to`` fetches the official CIFAR-10 archive first. Folders that do not fit
     in memory (or ``stream=True``) are read image by image (:class:`StreamingImages`)."""
@@ -246,9 +286,15 @@ def load_dataset(path: str | os.PathLike | None = None, download_to: Path | None
     if stream is None:
         stream = not fits_in_memory(train_items)
     if stream:
-        return (StreamingImages(train_items, classes, 224, (256, 256), train=True),
-                StreamingImages(test_items, classes, 224, (256, 256), train=False))
-    return load_folder_tensors(root / "train"), load_folder_tensors(root / "test")
+        bad = scan_images(train_items) + scan_images(test_items)
+        skipped = set(reject_bad(bad, skip_bad))
+        train = StreamingImages([it for it in train_items if str(it[0]) not in skipped], classes, 224, (256, 256), True)
+        test = StreamingImages([it for it in test_items if str(it[0]) not in skipped], classes, 224, (256, 256), False)
+        train.skipped = sorted(skipped)
+        return train, test
+    train, test = load_folder_tensors(root / "train", skip_bad=skip_bad), load_folder_tensors(root / "test", skip_bad=skip_bad)
+    train.skipped = train.skipped + test.skipped
+    return train, test
 
 
 def split_validation(data: TensorData, size: int, seed: int) -> tuple[TensorData, TensorData]:
@@ -365,6 +411,7 @@ class StreamingImages(torch.utils.data.Dataset):
         self.items, self.classes, self.crop, self.scale, self.train, self.seed = items, classes, crop, scale, train, seed
         self.epoch = 0
         self.flip, self.lighting, self.lighting_std = False, None, 0.0   # set by the trainer
+        self.skipped: list[str] = []
         self.labels = torch.tensor([y for _, y in items], dtype=torch.int64)
 
     def __len__(self) -> int:

@@ -59,6 +59,7 @@ class RunSettings:
     stream: bool | None = None           # None: decode into memory when the images fit and share one size
     workers: int = 2                     # DataLoader workers of the streaming path
     sync_bn: bool = False                # under torchrun: BatchNorm statistics over the global batch
+    skip_bad: bool = False               # leave unreadable images out (listed in skipped.txt) instead of stopping
 
 
 def bf16_supported() -> bool:
@@ -107,7 +108,9 @@ class Trainer:
         torch.manual_seed(settings.seed)
         random.seed(settings.seed)
         train, self.test = load_dataset(settings.data, Path(settings.download) if settings.download else None,
-                                        stream=settings.stream)
+                                        stream=settings.stream, skip_bad=settings.skip_bad)
+        if train.skipped and self.world.main:
+            (self.out / "skipped.txt").write_text("\n".join(train.skipped) + "\n")
         if settings.limit_train:
             train = train.subset(random_subset(len(train), settings.limit_train, settings.seed))
         if settings.limit_test:

@@ -124,6 +124,16 @@ def load_weights(path: str | Path) -> tuple[VGG, dict]:
     return model.eval(), meta
 
 
+def save_imagenet_weights(out: str | Path, model: VGG, source: str, preprocessing: dict) -> Path:
+    """Save converted 224-px weights with their preprocessing and, for 1,000 classes, the
+    ImageNet class names and wnids (so folders named by wnid map to the right outputs)."""
+    extra: dict = {"source": source, **preprocessing, "input_size": 224}
+    classes = None
+    if model.num_classes == 1000:
+        extra["wnids"], classes = imagenet_classes()
+    return save_weights(out, model, describe(model, classes, **extra))
+
+
 def _torchvision_layout(state: dict[str, torch.Tensor], source: Path) -> tuple[str, bool, int]:
     """Infer (configuration, batch_norm, num_classes) from a torchvision VGG state dict."""
     convs = sorted({int(m.group(1)) for k in state if (m := re.fullmatch(r"features\.(\d+)\.weight", k))
@@ -151,12 +161,7 @@ def convert_torchvision(src: str | Path, out: str | Path) -> Path:
     config, batch_norm, num_classes = _torchvision_layout(state, src)
     model = build_model(config, batch_norm=batch_norm, num_classes=num_classes)
     model.load_state_dict(state, strict=True)
-    extra: dict = {"source": "torchvision", **TORCHVISION_PREPROCESSING, "input_size": 224}
-    classes = None
-    if num_classes == 1000:
-        wnids, classes = imagenet_classes()
-        extra["wnids"] = wnids
-    return save_weights(out, model, describe(model, classes, **extra))
+    return save_imagenet_weights(out, model, "torchvision", TORCHVISION_PREPROCESSING)
 
 
 # Section 3.1: "we initialised the first four convolutional layers and the last three
@@ -249,9 +254,4 @@ def convert_keras(src: str | Path, out: str | Path) -> Path:
         state[f"classifier.{idx}.weight"] = k.T.contiguous()
         state[f"classifier.{idx}.bias"] = torch.from_numpy(layers[name][1])
     model.load_state_dict(state)
-    extra: dict = {"source": "keras", **CAFFE_PREPROCESSING, "input_size": 224}
-    classes = None
-    if num_classes == 1000:
-        wnids, classes = imagenet_classes()
-        extra["wnids"] = wnids
-    return save_weights(out, model, describe(model, classes, **extra))
+    return save_imagenet_weights(out, model, "keras", CAFFE_PREPROCESSING)

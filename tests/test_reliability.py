@@ -1,0 +1,173 @@
+"""Bad input, interruptions and untrusted files (issue: reliability and security)."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+from PIL import Image
+
+from conftest import write_image_folder
+from vggnet import data as D
+from vggnet.cli import main
+from vggnet.train import read_checkpoint, write_checkpoint
+
+
+def spoil(root: Path) -> list[Path]:
+    """A truncated JPEG, random bytes named .jpg and an HTML page named .png among good images."""
+    cls = root / "train" / "class0"
+    good = sorted(cls.iterdir())
+    truncated = cls / "truncated.jpg"
+    truncated.write_bytes(good[0].read_bytes()[:200])
+    noise = cls / "noise.jpg"
+    noise.write_bytes(os.urandom(500))
+    page = root / "train" / "class1" / "page.png"
+    page.write_text("<html>not an image</html>")
+    return [truncated, noise, page]
+
+
+def test_bad_files_stop_before_training_naming_every_one(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "d", classes=2, per_class=12)
+    bad = spoil(root)
+    code = main(["train", "--config", "A", "--width", "0.0625", "--data", str(root), "--out", str(tmp_path / "run"),
+                 "--val-size", "4", "--epochs", "1", "--batch-size", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "3 unreadable image(s)" in err and all(p.name in err for p in bad)
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+    code = main(["train", "--config", "A", "--width", "0.0625", "--data", str(root), "--out", str(tmp_path / "run"),
+                 "--val-size", "4", "--epochs", "1", "--batch-size", "4", "--skip-bad", "--init", "glorot"])
+    assert code == 0
+    listed = (tmp_path / "run" / "skipped.txt").read_text().split()
+    assert sorted(Path(p).name for p in listed) == sorted(p.name for p in bad)
+
+
+def test_streaming_prescan_finds_bad_files(tmp_path):
+    root = write_image_folder(tmp_path / "d", classes=2, per_class=4)
+    bad = spoil(root)
+    with pytest.raises(D.DataError, match="3 unreadable image"):
+        D.load_dataset(root, stream=True)
+    train, _ = D.load_dataset(root, stream=True, skip_bad=True)
+    assert len(train) == 8 and sorted(Path(p).name for p in train.skipped) == sorted(p.name for p in bad)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(h=st.integers(1, 80), w=st.integers(1, 80),
+       mode=st.sampled_from(["L", "LA", "RGB", "RGBA", "P", "I;16", "CMYK", "1"]),
+       fmt=st.sampled_from(["PNG", "JPEG", "BMP", "GIF", "TIFF"]), seed=st.integers(0, 2**16))
+def test_any_image_loads_as_rgb_and_transforms(tmp_path_factory, h, w, mode, fmt, seed):
+    rgb = Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+    img = Image.fromarray(np.random.default_rng(seed).integers(0, 65535, (h, w), dtype=np.uint16)) if mode == "I;16" \
+        else rgb.convert(mode)
+    if fmt == "JPEG" and mode not in ("L", "RGB", "CMYK"):
+        img = img.convert("RGB")
+    if fmt in ("GIF", "BMP") and mode in ("I;16", "CMYK", "LA", "RGBA"):
+        img = img.convert("RGB")
+    path = tmp_path_factory.mktemp("img") / f"x.{fmt.lower()}"
+    img.save(path, format=fmt)
+    x = D.read_image(path)
+    assert x.dtype == torch.uint8 and x.shape == (3, h, w)
+    crop = D.center_crop(D.rescale(x[None], 32), 32)
+    assert crop.shape == (1, 3, 32, 32)
+    jit = D.scale_jitter_crop(x[None], 32, 40, 32, torch.Generator().manual_seed(seed))
+    assert jit.shape == (1, 3, 32, 32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(blob=st.binary(min_size=0, max_size=400))
+def test_random_bytes_never_crash_the_loader(tmp_path_factory, blob):
+    path = tmp_path_factory.mktemp("junk") / "x.jpg"
+    path.write_bytes(blob)
+    try:
+        x = D.read_image(path)
+    except D.DataError as exc:
+        assert str(path) in str(exc)
+    else:
+        assert x.dtype == torch.uint8 and x.shape[0] == 3
+
+
+KILL_WRITER = """
+import sys, torch
+from pathlib import Path
+from vggnet.train import write_checkpoint
+path = Path(sys.argv[1])
+write_checkpoint(path, {"model.w": torch.ones(4)}, {"epoch": 1})
+print("first", flush=True)
+while True:   # keep rewriting a large checkpoint until killed
+    write_checkpoint(path, {"model.w": torch.full((30_000_000,), 2.0)}, {"epoch": 2})
+"""
+
+
+def test_sigkill_while_writing_a_checkpoint_keeps_a_complete_one(tmp_path):
+    path = tmp_path / "last.safetensors"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "first"
+    for _ in range(200):  # kill while the temporary file is being written
+        if path.with_name(path.name + ".tmp").exists():
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    groups, meta = read_checkpoint(path)
+    assert meta["epoch"] in (1, 2) and groups["model"]["w"].numel() in (4, 30_000_000)
+
+
+def train_cmd(data, out, *extra):
+    return [sys.executable, "-m", "vggnet", "train", "--config", "A", "--width", "0.0625", "--data", str(data),
+            "--out", str(out), "--val-size", "16", "--batch-size", "8", "--epochs", "2", "--init", "glorot",
+            "--threads", "1", *extra]
+
+
+def test_sigterm_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=150)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(train_cmd(data, tmp_path / "full"), env=env, check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen(train_cmd(data, tmp_path / "cut"), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "cut" / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    stopped = json.loads(out[out.index("{"):])
+    assert stopped.get("stopped") or stopped.get("epochs") == 2
+    subprocess.run(train_cmd(data, tmp_path / "cut", "--resume"), env=env, check=True, capture_output=True,
+                   timeout=300)
+    a = read_checkpoint(tmp_path / "full" / "last.safetensors")[0]["model"]
+    b = read_checkpoint(tmp_path / "cut" / "last.safetensors")[0]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_mid_epoch_keeps_the_last_epoch_checkpoint(tmp_path):
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=150)
+    proc = subprocess.Popen(train_cmd(data, tmp_path / "run", "--epochs", "5"), env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _, meta = read_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert meta["state"]["epoch"] >= 1
+    assert main(["train", "--config", "A", "--width", "0.0625", "--data", str(data), "--out", str(tmp_path / "run"),
+                 "--val-size", "16", "--batch-size", "8", "--epochs", "5", "--init", "glorot", "--resume"]) == 0
+
+
+def test_checkpoint_for_another_model_is_refused(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=10)
+    base = ["train", "--width", "0.0625", "--data", str(data), "--out", str(tmp_path / "r"), "--val-size", "4",
+            "--epochs", "1", "--batch-size", "4", "--init", "glorot"]
+    assert main([*base, "--config", "A"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--config", "B", "--resume"]) == 2
+    assert "checkpoint is config A" in capsys.readouterr().err
