@@ -67,5 +67,11 @@ def test_convert_cli_and_bad_files(tmp_path, capsys):
     assert "not an HDF5 file" in capsys.readouterr().err
     with h5py.File(tmp_path / "empty.h5", "w") as f:
         f.attrs["layer_names"] = [b"dense"]
-    with pytest.raises(WeightsError, match="expected Keras VGG16 or VGG19"):
+    with pytest.raises(WeightsError, match="incomplete Keras weights file"):
         convert_keras(tmp_path / "empty.h5", tmp_path / "o.safetensors")
+    with h5py.File(tmp_path / "mlp.h5", "w") as f:
+        f.attrs["layer_names"] = [b"dense"]
+        f.create_group("dense").attrs["weight_names"] = [b"dense/kernel:0"]
+        f["dense"].create_dataset("dense/kernel:0", data=np.zeros((3, 2), np.float32))
+    with pytest.raises(WeightsError, match="expected Keras VGG16 or VGG19"):
+        convert_keras(tmp_path / "mlp.h5", tmp_path / "o.safetensors")

@@ -183,7 +183,7 @@ def load_folder_tensors(root: Path, use_cache: bool = True, skip_bad: bool = Fal
     data = TensorData(torch.stack(images), torch.tensor([y for _, y in items], dtype=torch.int64), classes, skipped)
     if use_cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
+        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")   # ranks may build it at the same time
         skipped_json = torch.frombuffer(bytearray(json.dumps(skipped).encode()), dtype=torch.uint8)
         save_file({"images": data.images, "labels": data.labels, "skipped_json": skipped_json}, str(tmp))
         os.replace(tmp, cached)

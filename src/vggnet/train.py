@@ -335,10 +335,10 @@ class Trainer:
                 tqdm.write(f"epoch {self.epoch}: loss {stats['train_loss']:.4f} train {stats['train_acc']:.4f} "
                            f"val {val_acc:.4f} lr {stats['lr']:.4g} {stats['images_per_s']:.0f} img/s "
                            f"({stats['train_time_s']:.0f} s)")
+            return self.report()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        return self.report()
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop_requested = True

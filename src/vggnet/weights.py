@@ -9,6 +9,7 @@ safetensors holds no code, and torchvision's ``.pth`` files are read with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from importlib import resources
@@ -207,7 +208,7 @@ def _keras_arrays(path: Path) -> dict[str, list]:
     except OSError as exc:
         raise WeightsError(f"{path}: not an HDF5 file ({exc})") from None
     layers: dict[str, list] = {}
-    with f:
+    with f, _keras_errors(path):
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" in root.attrs:                                   # Keras 2 / legacy h5
             for raw in root.attrs["layer_names"]:
@@ -222,7 +223,32 @@ def _keras_arrays(path: Path) -> dict[str, list]:
                     layers[name] = [group["vars"][str(i)][()] for i in range(len(group["vars"]))]
         else:
             raise WeightsError(f"{path}: neither a Keras 2 nor a Keras 3 weights file")
-    return layers
+    return _keras_layer_names(layers)
+
+
+@contextlib.contextmanager
+def _keras_errors(path: Path):
+    try:
+        yield
+    except KeyError as exc:
+        raise WeightsError(f"{path}: incomplete Keras weights file ({exc})") from None
+
+
+def _keras_layer_names(layers: dict[str, list]) -> dict[str, list]:
+    """Keras 3 stores layers under generic names in creation order (conv2d, conv2d_1, ...,
+    dense, dense_1, dense_2); give them the names of keras.applications' VGG."""
+    if any(n.startswith("block") for n in layers):
+        return layers
+    order = lambda n: int(n.rsplit("_", 1)[1]) if "_" in n else 0  # noqa: E731
+    convs = sorted((n for n in layers if n.startswith("conv2d")), key=order)
+    dense = sorted((n for n in layers if n.startswith("dense")), key=order)
+    per_block = {13: [2, 2, 3, 3, 3], 16: [2, 2, 4, 4, 4]}.get(len(convs))
+    if per_block is None or len(dense) != 3:
+        return layers
+    names = [f"block{b + 1}_conv{i + 1}" for b, n in enumerate(per_block) for i in range(n)]
+    renamed = {new: layers[old] for new, old in zip(names, convs)}
+    renamed.update(zip(("fc1", "fc2", "predictions"), (layers[d] for d in dense)))
+    return renamed
 
 
 def convert_keras(src: str | Path, out: str | Path) -> Path:
