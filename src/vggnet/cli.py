@@ -113,7 +113,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", default="single",
                    help=f"comma-separated, or 'all': {', '.join(PROTOCOLS)}")
     p.add_argument("--scales", type=int, nargs="+", help="test scales Q (default: from the training scale)")
-    p.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
+    p.add_argument("--limit", type=int, default=0, help="evaluate a seeded random subset of N images")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=_run_eval)

@@ -202,8 +202,9 @@ def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] |
         if m.meta["num_classes"] != first["num_classes"]:
             raise ValueError(f"{w}: {m.meta['num_classes']} classes, {weights[0]} has {first['num_classes']}")
     items = list_labelled_images(Path(data), first)
-    if limit:
-        items = items[:limit]
+    if limit and limit < len(items):   # a seeded random subset, so every class is represented
+        keep = torch.randperm(len(items), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+        items = [items[i] for i in keep.tolist()]
     sums: dict[str, list[torch.Tensor]] = {p: [] for p in protocols}
     labels: list[torch.Tensor] = []
     seconds = 0.0
