@@ -160,14 +160,17 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .evaluate import EvalModel
     from .predict import format_predictions, list_images, predict, save_cam
+    from .weights import load_weights
     results = predict(args.target, args.weights, args.topk, args.batch_size)
     print(format_predictions(results, args.format))
     if args.cam:
+        model = EvalModel(*load_weights(args.weights))      # loaded once for every heat map
         files = list_images(args.target)
         for f in files:
             out = Path(args.cam) if len(files) == 1 and Path(args.target).is_file() else Path(args.cam) / f"{f.stem}-cam.png"
-            save_cam(f, args.weights, out, args.cam_layer)
+            save_cam(f, model, out, args.cam_layer)
     return 1 if any("error" in r for r in results) else 0
 
 

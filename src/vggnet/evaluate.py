@@ -70,6 +70,12 @@ class EvalModel:
         step = max(1, round(s / 8))                          # 32 at S=256
         return s, [max(self.crop, s - step), s, s + step]
 
+    def test_scales(self, scales: list[int] | None) -> tuple[int, list[int]]:
+        """(Q, multi-scale Qs): given ``scales`` (the middle one is Q), else from training."""
+        if scales:
+            return scales[len(scales) // 2], list(scales)
+        return self.scales()
+
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 RGB -> the model's input: channel order, mean subtraction, std division."""
         x = x[:, self.order].float()
@@ -104,9 +110,7 @@ class EvalModel:
 
     def posteriors(self, images: torch.Tensor, protocols: list[str], scales: list[int] | None) -> dict[str, torch.Tensor]:
         """{protocol: (B, classes) averaged softmax}; combined protocols reuse their parts."""
-        q, multi = self.scales()
-        if scales:
-            q, multi = scales[len(scales) // 2], list(scales)
+        q, multi = self.test_scales(scales)
         parts: dict[str, torch.Tensor] = {}
         need = set(protocols)
         if "single" in need:
@@ -228,9 +232,7 @@ def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] |
 
 
 def _scales_text(m: EvalModel, protocol: str, scales: list[int] | None) -> str:
-    q, multi = m.scales()
-    if scales:
-        q, multi = scales[len(scales) // 2], list(scales)
+    q, multi = m.test_scales(scales)
     return str(q) if protocol in ("single", "dense") else ",".join(map(str, multi))
 
 

@@ -107,13 +107,15 @@ def grad_cam(model: VGG, x: torch.Tensor, class_index: int | None = None, layer:
     return cam / cam.max().clamp(min=1e-12), index
 
 
-def save_cam(image_path: str | Path, weights: str | Path, out: str | Path, layer: str | None = None) -> dict:
-    """Write a PNG of the image's centre crop with the Grad-CAM heat map of the predicted class over it."""
+def save_cam(image_path: str | Path, weights: str | Path | EvalModel, out: str | Path,
+             layer: str | None = None) -> dict:
+    """Write a PNG of the image's centre crop with the Grad-CAM heat map of the predicted
+    class over it; pass an EvalModel to reuse loaded weights across many images."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    m = EvalModel(*load_weights(weights))
+    m = weights if isinstance(weights, EvalModel) else EvalModel(*load_weights(weights))
     q, _ = m.scales()
     crop = center_crop(rescale(read_image(Path(image_path))[None], q), m.crop)
     cam, index = grad_cam(m.model, m.prepare(crop), layer=layer)
