@@ -46,4 +46,5 @@ def test_train_command_tiny(tmp_path, capsys):
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["settings"]["recipe"]["precision"] == "fp32" and run["model"]["config"] == "A"
     assert run["settings"]["batch_norm"] is None and run["model"]["batch_norm"] is False
+    assert run["settings"]["recipe"]["name"] == "fast-plain"        # the default recipe for a net without BN
     assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs"] == 1

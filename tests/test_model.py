@@ -121,7 +121,7 @@ def test_builders_match_names(name):
     assert getattr(vggnet, name).__name__ == name
 
 
-@pytest.mark.parametrize("init", ["paper", "glorot", "kaiming"])
+@pytest.mark.parametrize("init", ["paper", "glorot", "kaiming", "he"])
 def test_init_schemes(init):
     torch.manual_seed(0)
     model = build_model("A", init=init, width=0.25)
@@ -137,6 +137,9 @@ def test_init_schemes(init):
     else:
         fan_out = conv.out_channels * 9
         assert abs(conv.weight.std().item() - (2 / fan_out) ** 0.5) < 0.3 * (2 / fan_out) ** 0.5
+        he_fc = (2 / fc.in_features) ** 0.5    # "he" keeps fc7's activations' variance; "kaiming" is torchvision's
+        assert abs(std - (he_fc if init == "he" else 0.01)) < 0.05 * (he_fc if init == "he" else 0.01)
+        assert abs(model.classifier[6].weight.std().item() - 0.01) < 0.001
     with pytest.raises(ValueError, match="unknown init 'xavier'"):
         build_model("A", init="xavier", width=TINY)
 

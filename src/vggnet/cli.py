@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from .configs import RECIPES, get_recipe
+from .configs import INITS, RECIPES, STUDY_CONFIGS, get_recipe, resolve_config
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -20,12 +20,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="D", help="Table 1 configuration: A, A-LRN, B, C, D, E or vgg16_bn ...")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
                    help="BatchNorm after every conv (default: on for D; as the name says for vgg*_bn)")
-    p.add_argument("--recipe", default="fast", help=f"hyper-parameter set: {', '.join(RECIPES)}")
+    p.add_argument("--recipe", help=f"hyper-parameter set: {', '.join(RECIPES)} "
+                   "(default: fast with BatchNorm, fast-plain without)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     p.add_argument("--lr", type=float, help="override the recipe's (peak) learning rate")
     p.add_argument("--weight-decay", type=float, help="override the recipe's weight decay")
-    p.add_argument("--init", choices=["paper", "glorot", "kaiming"], help="override the recipe's initialisation")
+    p.add_argument("--init", choices=list(INITS), help="override the recipe's initialisation")
     p.add_argument("--precision", choices=["bf16", "fp32"], help="bf16 autocast (default where supported) or fp32")
     p.add_argument("--train-scale", type=int, nargs="+", metavar="S",
                    help="section 3.1: rescale the smaller side to S (one value) or to S drawn from [SMIN, SMAX]")
@@ -66,8 +67,9 @@ def _run_train(args: argparse.Namespace) -> int:
                                    "precision": args.precision, "train_scale": scale, "crop_size": args.crop_size,
                                    "lighting": args.lighting, "micro_batch": args.micro_batch}.items()
                  if v is not None}
-    recipe = get_recipe(args.recipe).replace(**overrides)
     default_bn = True if args.config.upper() == "D" and args.batch_norm is None else args.batch_norm
+    uses_bn = resolve_config(args.config, default_bn)[1]
+    recipe = get_recipe(args.recipe or ("fast" if uses_bn else "fast-plain")).replace(**overrides)
     settings = RunSettings(config=args.config, batch_norm=default_bn, recipe=recipe, data=args.data,
                            download=args.download, out=args.out, seed=args.seed, val_size=args.val_size,
                            width=args.width, threads=args.threads, limit_train=args.limit_train,
@@ -189,8 +191,41 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="the paper's comparisons (Tables 3-5, 4.1) re-run on a data set")
+    p.add_argument("data", help="image folder with train/ and test/ (e.g. ../shared/data/cifar10-jpeg)")
+    p.add_argument("--configs", default=",".join(STUDY_CONFIGS), help="comma-separated configurations")
+    p.add_argument("--epochs", type=int, default=15, help="epochs per run (one budget for all)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per configuration (mean and spread reported)")
+    p.add_argument("--out", default="runs/study", help="study folder: one run folder per run, study.md/.png")
+    p.add_argument("--recipe", default="fast", help=f"one recipe for every run: {', '.join(RECIPES)}")
+    p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True,
+                   help="BatchNorm after every conv (default: on, so that every depth trains from scratch)")
+    p.add_argument("--jitter", type=int, nargs=2, default=[32, 48], metavar=("SMIN", "SMAX"),
+                   help="train --jitter-config again with scale jittering S in [SMIN, SMAX] (Table 3)")
+    p.add_argument("--no-jitter", action="store_true", help="skip the fixed-against-jittered comparison")
+    p.add_argument("--jitter-config", default="D", help="configuration trained with and without jittering")
+    p.add_argument("--eval-images", type=int, default=1000, help="seeded test subset for the protocols (0: all)")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier for every configuration")
+    p.add_argument("--limit-train", type=int, default=0, help="train on a random subset of N images")
+    p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.set_defaults(func=_run_study)
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    from .study import format_study, study
+    summary = study(args.data, [c for c in args.configs.split(",") if c.strip()], epochs=args.epochs,
+                    seeds=args.seeds, out=args.out, recipe=args.recipe, batch_norm=args.batch_norm,
+                    jitter=None if args.no_jitter else tuple(args.jitter), jitter_config=args.jitter_config,
+                    eval_images=args.eval_images, width=args.width, limit_train=args.limit_train,
+                    val_size=args.val_size, threads=args.threads)
+    print(format_study(summary))
+    return 0
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_summary, _add_eval, _add_convert, _add_predict,
-                                                              _add_export]
+                                                              _add_export, _add_study]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):   # epoch lines reach a log file as they happen
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as exc:

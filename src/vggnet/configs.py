@@ -44,6 +44,9 @@ CONFIGS: dict[str, list[str]] = {
               "conv5-256", "maxpool", "conv5-512", "maxpool", "conv5-512", "maxpool"],
 }
 
+# What `vggnet study` compares by default: Table 1 and the shallow 5x5 control net of 4.1.
+STUDY_CONFIGS = ("A", "A-LRN", "B", "B-5x5", "C", "D", "E")
+
 # Common names -> (configuration, batch_norm). torchvision's builders name D "vgg16".
 ALIASES: dict[str, tuple[str, bool]] = {
     "vgg11": ("A", False), "vgg11_bn": ("A", True),
@@ -61,6 +64,8 @@ PARAMETER_COUNTS: dict[str, int] = {
 }
 
 # LRN of A-LRN (section 2.2, AlexNet's setting: size 5, alpha 1e-4, beta 0.75, k 2).
+INITS = ("paper", "glorot", "kaiming", "he")  # weight initialisations, see model.init_weights
+
 LRN_SETTINGS = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
 
 
@@ -136,6 +141,13 @@ RECIPES: dict[str, Recipe] = {
                    decay_norm_and_bias=False, schedule="onecycle", warmup_epochs=2.0,
                    epochs=32, batch_size=256, label_smoothing=0.1, dropout=0.0,
                    init="kaiming"),
+    # "fast" for nets without BN (the Keras tutorial's VGG-16): without BN's rescaling a
+    # peak lr of 0.1 diverges and torchvision's N(0, 0.01) FC layers leave the loss at
+    # ln 10 for hundreds of steps; He init of fc6/fc7, half the lr and the paper's dropout.
+    "fast-plain": Recipe(name="fast-plain", lr=0.05, nesterov=True, weight_decay=5e-4,
+                         decay_norm_and_bias=False, schedule="onecycle", warmup_epochs=2.0,
+                         epochs=40, batch_size=256, label_smoothing=0.1, dropout=0.5,
+                         init="he"),
 }
 
 

@@ -15,10 +15,9 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .configs import CONFIGS, LRN_SETTINGS, parse_token, resolve_config
+from .configs import CONFIGS, INITS, LRN_SETTINGS, parse_token, resolve_config
 
 HEADS = ("paper", "cifar", "dense")
-INITS = ("paper", "glorot", "kaiming")
 WEIGHT_LAYERS = {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19}  # Table 1 headings
 NormLayer = Callable[[int], nn.Module]
 
@@ -91,22 +90,25 @@ def make_head(head: str, in_channels: int, num_classes: int, dropout: float, wid
 
 def init_weights(model: nn.Module, scheme: str) -> None:
     """Initialise in place: "paper" N(0, 0.01) and zero biases (3.1), "glorot" (3.1's
-    closing note, Glorot & Bengio 2010), "kaiming" (He et al. 2015, torchvision's default)."""
+    closing note, Glorot & Bengio 2010), "kaiming" (He et al. 2015, torchvision's default:
+    convs only, FC layers N(0, 0.01)), "he" (He et al. for the FC layers too, the last layer
+    N(0, 0.01): the one that lets VGG-16 without BN start learning at once)."""
     if scheme not in INITS:
         raise ValueError(f"unknown init {scheme!r}; valid inits: {', '.join(INITS)}")
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for m in layers:
+        if scheme == "paper" or (scheme == "kaiming" and isinstance(m, nn.Linear)) or (scheme == "he" and m is layers[-1]):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+        elif scheme == "glorot":
+            nn.init.xavier_uniform_(m.weight)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        else:  # "he", hidden FC layers: keep the activations' variance through fc6 and fc7
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            if scheme == "paper":
-                nn.init.normal_(m.weight, 0.0, 0.01)
-            elif scheme == "glorot":
-                nn.init.xavier_uniform_(m.weight)
-            elif isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            else:  # torchvision keeps N(0, 0.01) for the Linear layers
-                nn.init.normal_(m.weight, 0.0, 0.01)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 

@@ -44,3 +44,19 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path) -> No
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+def plot_study_points(points: list[dict], out: Path) -> None:
+    """``vggnet study``: top-1 error against depth, parameters and MACs, one labelled point per config."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
+    for ax, key, label in zip(axes, ("layers", "params_m", "macs_m"),
+                              ("weight layers", "parameters (M)", "multiply-accumulates per image (M)")):
+        for p in points:
+            ax.errorbar(p[key], p["top1"], yerr=p["top1_std"] or None, fmt="o", capsize=3)
+            ax.annotate(p["config"], (p[key], p["top1"]), textcoords="offset points", xytext=(4, 4))
+        ax.set(xlabel=label, title=f"error against {label.split(' (')[0]}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 test error (%), dense, one scale")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
