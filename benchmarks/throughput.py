@@ -3,7 +3,10 @@ torchvision's VGG in a plain fp32 eager loop, measured alternately in the same p
 with the achieved FLOPS as a fraction of the bf16/fp32 GEMM peak measured in the same run.
 
     python benchmarks/throughput.py --config D --batch-norm --size 32 --batch 128
-    python benchmarks/throughput.py --mode infer --config D --size 224 --batch 16
+    python benchmarks/throughput.py --mode infer --config D --size 224 --batch 16 --precision int8
+
+Inference runs vggnet.inference.InferenceNet, the net `vggnet eval` and `vggnet predict` use
+(BN folded; bf16 weights, or int8 calibrated on the benchmark batch).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import torch.nn.functional as F
 import torchvision
 
 from vggnet import build_model
+from vggnet.inference import InferenceNet
 from vggnet.summary import summarize, totals
-from vggnet.train import autocast, forward_backward
+from vggnet.train import forward_backward
 
 TV_NAMES = {("A", False): "vgg11", ("A", True): "vgg11_bn", ("B", False): "vgg13", ("B", True): "vgg13_bn",
             ("D", False): "vgg16", ("D", True): "vgg16_bn", ("E", False): "vgg19", ("E", True): "vgg19_bn"}
@@ -69,6 +73,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--mode", choices=["train", "infer"], default="train")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="bf16", help="inference numerics")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
@@ -87,10 +92,10 @@ def main() -> None:
         run_ours, run_theirs = (lambda: ours_train_step(ours, o_opt, xc, y)), (lambda: tv_train_step(theirs, t_opt, x, y))
     else:
         ours.eval(), theirs.eval()
+        net = InferenceNet(ours, args.precision, [xc])
 
         def run_ours():
-            with torch.inference_mode(), autocast("bf16"):
-                ours(xc)
+            net(xc)
 
         def run_theirs():
             with torch.inference_mode():
@@ -110,6 +115,7 @@ def main() -> None:
     print(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "mode": args.mode, "config": args.config,
+        "precision": "bf16" if args.mode == "train" else args.precision,
         "batch_norm": args.batch_norm, "size": args.size, "batch": args.batch,
         "ours_img_s": round(o_ips, 1), "torchvision_fp32_img_s": round(t_ips, 1), "ratio": round(o_ips / t_ips, 2),
         "ours_gflops": round(o_ips * flops_per_image / 1e9, 1), "bf16_gemm_peak_gflops": round(peak_bf16 / 1e9, 1),

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -192,3 +194,19 @@ def test_too_small_input_and_bad_names_raise():
         build_model("F")
     with pytest.raises(ValueError, match="score_map needs the 'dense' head"):
         model.score_map(torch.randn(1, 3, 224, 224))
+
+
+def test_activation_checkpointing_same_gradients_and_statistics():
+    torch.manual_seed(0)
+    plain = build_model("A", batch_norm=True, num_classes=10, head="cifar", width=TINY, init="glorot").train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.checkpoint_activations = True
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    for m in (plain, ckpt):
+        torch.manual_seed(1)            # the same dropout masks
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
+    for (name, a), b in zip(plain.named_buffers(), ckpt.buffers()):
+        if "num_batches" not in name:   # running means and variances updated once, not twice
+            torch.testing.assert_close(a, b, msg=name)

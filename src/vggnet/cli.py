@@ -38,6 +38,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="read images from disk each epoch (default: only when they do not fit in memory)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the streaming path")
+    p.add_argument("--checkpoint-activations", action="store_true",
+                   help="recompute conv activations in backward: less memory for about a third more compute")
     p.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm over the global batch")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave unreadable images out (listed in RUN_DIR/skipped.txt) instead of stopping")
@@ -75,7 +77,7 @@ def _run_train(args: argparse.Namespace) -> int:
                            width=args.width, threads=args.threads, limit_train=args.limit_train,
                            limit_test=args.limit_test, init_from=args.init_from, stream=args.stream,
                            workers=args.workers, time_limit_min=args.time_limit, sync_bn=args.sync_bn,
-                           skip_bad=args.skip_bad)
+                           skip_bad=args.skip_bad, checkpoint_activations=args.checkpoint_activations)
     result = train(settings, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))
@@ -117,6 +119,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scales", type=int, nargs="+", help="test scales Q (default: from the training scale)")
     p.add_argument("--limit", type=int, default=0, help="evaluate a seeded random subset of N images")
     p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="scoring numerics, BN folded: fp32 (default), bf16, or int8 calibrated on "
+                        "256 images of DATA/train (else of DATA)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=_run_eval)
 
@@ -124,7 +129,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from .evaluate import PROTOCOLS, evaluate, format_report
     protocols = list(PROTOCOLS) if args.protocol == "all" else [p.strip() for p in args.protocol.split(",")]
-    report = evaluate(args.weights, args.data, protocols, args.scales, args.limit, args.batch_size)
+    report = evaluate(args.weights, args.data, protocols, args.scales, args.limit, args.batch_size, args.precision)
     print(format_report(report, args.format))
     return 0
 
@@ -154,6 +159,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="scoring numerics, BN folded (default: bf16 where the CPU has it)")
     p.add_argument("--cam", metavar="OUT", help="Grad-CAM heat map PNG (a folder of PNGs for a folder of images)")
     p.add_argument("--cam-layer", help="conv layer for Grad-CAM (default: the last conv)")
     p.set_defaults(func=_run_predict)
@@ -165,7 +172,9 @@ def _run_predict(args: argparse.Namespace) -> int:
     from .evaluate import EvalModel
     from .predict import format_predictions, list_images, predict, save_cam
     from .weights import load_weights
-    results = predict(args.target, args.weights, args.topk, args.batch_size)
+    from .train import bf16_supported
+    precision = args.precision or ("bf16" if bf16_supported() else "fp32")
+    results = predict(args.target, args.weights, args.topk, args.batch_size, precision)
     print(format_predictions(results, args.format))
     if args.cam:
         model = EvalModel(*load_weights(args.weights))      # loaded once for every heat map

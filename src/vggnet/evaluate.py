@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import IMAGE_EXTENSIONS, DataError, center_crop, read_image, rescale
+from .inference import InferenceNet
 from .model import VGG, to_dense
 from .weights import load_weights
 
@@ -41,12 +42,14 @@ def grid_crops(x: torch.Tensor, size: int, n: int = 5) -> torch.Tensor:
 # ---- one model, prepared for evaluation --------------------------------------------
 @dataclass
 class EvalModel:
-    """A model with its dense form, preprocessing, crop size and test scales."""
+    """A model with its dense form, preprocessing, crop size and test scales; ``net`` and
+    ``dense_net`` score at the chosen precision (fp32 until :meth:`use_precision`)."""
 
     model: VGG
     meta: dict
     dense: VGG = field(init=False)
     crop: int = field(init=False)
+    precision: str = field(init=False, default="fp32")
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -56,6 +59,18 @@ class EvalModel:
         self.order = order
         self.mean = torch.tensor(self.meta.get("mean") or [0.0, 0.0, 0.0]).view(1, 3, 1, 1)
         self.std = torch.tensor(self.meta.get("std") or [1.0, 1.0, 1.0]).view(1, 3, 1, 1)
+        self.use_precision("fp32")
+
+    def use_precision(self, precision: str, calibration: torch.Tensor | None = None) -> "EvalModel":
+        """Score in fp32, bf16 or int8 (BN folded in each case); int8 fixes its activation
+        ranges on ``calibration``, uint8 images at the crop size (see :func:`calibration_images`)."""
+        if precision == "int8" and calibration is None:
+            raise ValueError("int8 needs calibration images")
+        batches = [self.prepare(c) for c in calibration.split(64)] if calibration is not None else []
+        self.net = InferenceNet(self.model, precision, batches)
+        self.dense_net = InferenceNet(self.dense, precision, batches)
+        self.precision = precision
+        return self
 
     def scales(self) -> tuple[int, list[int]]:
         """(single-scale Q, the three multi-scale Qs), section 4.2: for a net trained at a
@@ -82,13 +97,13 @@ class EvalModel:
         return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
-    def softmax(self, net: VGG, x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    def softmax(self, net: InferenceNet, x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
         return torch.cat([F.softmax(net(self.prepare(x[i:i + chunk])).float(), dim=1)
                           for i in range(0, len(x), chunk)])
 
     def single(self, images: torch.Tensor, q: int) -> torch.Tensor:
         """Rescale to Q, centre crop (Table 3's single-scale crop)."""
-        return self.softmax(self.model, center_crop(rescale(images, q), self.crop))
+        return self.softmax(self.net, center_crop(rescale(images, q), self.crop))
 
     def dense_eval(self, images: torch.Tensor, qs: list[int]) -> torch.Tensor:
         """Section 3.2: the whole image through the fully convolutional net, the score map
@@ -96,7 +111,7 @@ class EvalModel:
         outs = []
         for q in qs:
             x = rescale(images, q)
-            outs += [self.softmax(self.dense, x, chunk=32), self.softmax(self.dense, x.flip(-1), chunk=32)]
+            outs += [self.softmax(self.dense_net, x, chunk=32), self.softmax(self.dense_net, x.flip(-1), chunk=32)]
         return torch.stack(outs).mean(0)
 
     def multi_crop(self, images: torch.Tensor, qs: list[int]) -> torch.Tensor:
@@ -105,7 +120,7 @@ class EvalModel:
         for q in qs:
             crops = grid_crops(rescale(images, q), self.crop).flatten(0, 1)        # (B*25, 3, c, c)
             crops = torch.cat([crops, crops.flip(-1)])                              # (2*B*25, ...)
-            outs.append(self.softmax(self.model, crops).view(2, b, 25, -1).mean(dim=(0, 2)))
+            outs.append(self.softmax(self.net, crops).view(2, b, 25, -1).mean(dim=(0, 2)))
         return torch.stack(outs).mean(0)
 
     def posteriors(self, images: torch.Tensor, protocols: list[str], scales: list[int] | None) -> dict[str, torch.Tensor]:
@@ -191,9 +206,21 @@ def topk_errors(posteriors: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     return top1_err, top5_err
 
 
+def calibration_images(data: Path, m: EvalModel, n: int = 256) -> torch.Tensor:
+    """uint8 crops for int8 activation ranges: training images (``data/train``) when the data
+    set has them, else the evaluated images; a seeded sample, rescaled to Q, centre-cropped."""
+    source = data / "train" if (data / "train").is_dir() else data
+    items = list_labelled_images(source, m.meta)
+    keep = torch.randperm(len(items), generator=torch.Generator().manual_seed(1))[:n].tolist()
+    q, _ = m.scales()
+    return torch.cat([center_crop(rescale(read_image(items[i][0])[None], q), m.crop) for i in keep])
+
+
 def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] | None = None,
-             scales: list[int] | None = None, limit: int = 0, batch_size: int = 50) -> dict:
-    """Top-1/top-5 error of one model or an ensemble (posteriors averaged, Table 6)."""
+             scales: list[int] | None = None, limit: int = 0, batch_size: int = 50,
+             precision: str = "fp32") -> dict:
+    """Top-1/top-5 error of one model or an ensemble (posteriors averaged, Table 6), scored
+    in fp32, bf16 or int8."""
     protocols = list(protocols or ["single"])
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad:
@@ -201,6 +228,8 @@ def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] |
     if not weights:
         raise ValueError("give at least one --weights file")
     models = [EvalModel(*load_weights(w)) for w in weights]
+    for m in models:
+        m.use_precision(precision, calibration_images(Path(data), m) if precision == "int8" else None)
     first = models[0].meta
     for w, m in zip(weights, models):
         if m.meta["num_classes"] != first["num_classes"]:
@@ -227,7 +256,7 @@ def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] |
         top1, top5 = topk_errors(torch.cat(sums[p]), y)
         rows.append({"protocol": p, "scales": _scales_text(models[0], p, scales), "top1_error": top1,
                      "top5_error": top5, "images": len(y), "paper": PAPER_TABLE[p]})
-    return {"weights": [str(w) for w in weights], "data": str(data), "rows": rows,
+    return {"weights": [str(w) for w in weights], "data": str(data), "precision": precision, "rows": rows,
             "seconds_per_image": seconds / max(len(y), 1)}
 
 

@@ -9,10 +9,12 @@ its state dicts load unchanged into configurations A, B, D and E.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable, Iterable
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from .configs import CONFIGS, INITS, LRN_SETTINGS, parse_token, resolve_config
@@ -134,6 +136,7 @@ class VGG(nn.Module):
             {"name": name, "index": idx, "num_chs": self._channels_at(idx), "reduction": 2 ** int(name[4:])}
             for name, idx in self.feature_names.items() if name.startswith("pool")]
         init_weights(self, init)
+        self.checkpoint_activations = False   # training: recompute each block's activations in backward
 
     @property
     def min_input_size(self) -> int:
@@ -152,9 +155,16 @@ class VGG(nn.Module):
                              f"{self.head!r} head: each side must be at least {self.min_input_size} px")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, 512, H/32, W/32): the conv stack up to pool5."""
+        """(N, 3, H, W) -> (N, 512, H/32, W/32): the conv stack up to pool5. With
+        ``checkpoint_activations`` a training pass keeps only the five blocks' inputs and
+        recomputes the rest in backward: less memory for one more forward."""
         self._check_input(x)
-        return self.features(x)
+        if not (self.checkpoint_activations and self.training and torch.is_grad_enabled()):
+            return self.features(x)
+        bounds = [0] + [idx + 1 for name, idx in self.feature_names.items() if name.startswith("pool")]
+        for a, b in zip(bounds, bounds[1:]):
+            x = torch.utils.checkpoint.checkpoint(_RecomputedBlock(self.features[a:b]), x, use_reentrant=False)
+        return x
 
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
         """Dense head only: the class-score map (N, classes, H/32-6, W/32-6) of section 3.2."""
@@ -212,6 +222,28 @@ class VGG(nn.Module):
         return out
 
 
+class _RecomputedBlock:
+    """A block run twice by activation checkpointing: the second (recomputing) call leaves
+    BatchNorm's running statistics alone, so that they match a run without checkpointing."""
+
+    def __init__(self, block: nn.Sequential) -> None:
+        self.block, self.calls = block, 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            return self.block(x)
+        norms = [m for m in self.block if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [m.momentum for m in norms]
+        for m in norms:
+            m.momentum = 0.0
+        try:
+            return self.block(x)
+        finally:
+            for m, momentum in zip(norms, saved):
+                m.momentum = momentum
+
+
 def to_dense(model: VGG) -> VGG:
     """The fully convolutional test-time net of section 3.2 from a trained model: fc6
     becomes a 7x7 conv (1x1 for the CIFAR head) and fc7, fc8 1x1 convs, same weights."""
@@ -261,3 +293,15 @@ vgg19, vgg19_bn = _builder("E", False), _builder("E", True)
 def count_parameters(model: nn.Module) -> int:
     """Number of learnable parameters (Table 2 counts weights and biases)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def fold_batchnorm(model: VGG) -> VGG:
+    """A copy for inference with every BatchNorm folded into the conv before it (same
+    outputs to float rounding, one op less per layer); indices and layer names unchanged."""
+    folded = copy.deepcopy(model).eval()
+    layers = list(folded.features)
+    for i, m in enumerate(layers):
+        if isinstance(m, nn.BatchNorm2d) and i > 0 and isinstance(layers[i - 1], nn.Conv2d):
+            folded.features[i - 1] = torch.nn.utils.fusion.fuse_conv_bn_eval(layers[i - 1], m)
+            folded.features[i] = nn.Identity()
+    return folded

@@ -38,9 +38,13 @@ def class_names(meta: dict) -> list[str]:
 
 
 @torch.no_grad()
-def predict(target: str | Path, weights: str | Path, topk: int = 5, batch_size: int = 32) -> list[dict]:
-    """[{"path", "top": [{"index", "class", "probability"}, ...]} or {"path", "error"}] per image."""
-    m = EvalModel(*load_weights(weights))
+def predict(target: str | Path, weights: str | Path, topk: int = 5, batch_size: int = 32,
+            precision: str = "fp32") -> list[dict]:
+    """[{"path", "top": [{"index", "class", "probability"}, ...]} or {"path", "error"}] per image,
+    scored in fp32 or bf16 (int8 needs calibration data: ``vggnet eval --precision int8``)."""
+    if precision == "int8":
+        raise ValueError("predict runs in fp32 or bf16; int8 needs calibration images (vggnet eval --precision int8)")
+    m = EvalModel(*load_weights(weights)).use_precision(precision)
     names, (q, _) = class_names(m.meta), m.scales()
     k = max(1, min(topk, len(names)))
     results: list[dict] = []
@@ -50,7 +54,7 @@ def predict(target: str | Path, weights: str | Path, topk: int = 5, batch_size: 
     def flush() -> None:
         if not pending:
             return
-        probs = m.softmax(m.model, torch.stack([crop for _, crop in pending]))
+        probs = m.softmax(m.net, torch.stack([crop for _, crop in pending]))
         values, indices = probs.topk(k, dim=1)
         for (path, _), v, i in zip(pending, values.tolist(), indices.tolist()):
             results.append({"path": str(path), "top": [{"index": j, "class": names[j], "probability": p}

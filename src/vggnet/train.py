@@ -60,6 +60,7 @@ class RunSettings:
     workers: int = 2                     # DataLoader workers of the streaming path
     sync_bn: bool = False                # under torchrun: BatchNorm statistics over the global batch
     skip_bad: bool = False               # leave unreadable images out (listed in skipped.txt) instead of stopping
+    checkpoint_activations: bool = False # recompute conv activations in backward: less memory, ~1/3 more compute
 
 
 def bf16_supported() -> bool:
@@ -132,6 +133,7 @@ class Trainer:
         self.model = build_model(settings.config, batch_norm=settings.batch_norm, num_classes=len(self.classes),
                                  head=self.r.head, init=self.r.init, dropout=self.r.dropout,
                                  width=settings.width)
+        self.model.checkpoint_activations = settings.checkpoint_activations
         if settings.init_from:
             warm_start(self.model, settings.init_from)
         if settings.sync_bn and self.world.size > 1:

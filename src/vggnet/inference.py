@@ -1,0 +1,62 @@
+"""Inference numerics for ``vggnet eval`` and ``vggnet predict``: fp32, bf16 weights, or
+int8 static quantization (PyTorch's FX flow with the x86 backend: VNNI int8 kernels).
+
+BatchNorm is folded into the convs first in every case. int8 needs calibration batches
+(prepared model inputs) to fix the activation ranges; measured accuracy: BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .model import VGG, fold_batchnorm
+
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def quantize_int8(model: VGG, calibration: Iterable[torch.Tensor]) -> VGG:
+    """The conv stack and the classifier quantized to int8 (per-channel weights, per-tensor
+    activations observed on ``calibration``); pooling between them stays float."""
+    batches = list(calibration)
+    if not batches:
+        raise ValueError("int8 quantization needs at least one calibration batch")
+    with warnings.catch_warnings():   # torch.ao.quantization announces its move to torchao; it works here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*(reduce_range will be deprecated|quantize_per_tensor).*")
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+        torch.backends.quantized.engine = "x86"
+        q, mapping = fold_batchnorm(model), get_default_qconfig_mapping("x86")
+        with torch.no_grad():
+            feats = q.forward_features(batches[0][:1])
+            head_in = feats if q.head == "dense" else torch.flatten(q.avgpool(feats), 1)
+            q.features = prepare_fx(q.features, mapping, (batches[0][:1],))
+            q.classifier = prepare_fx(q.classifier, mapping, (head_in,))
+            for x in batches:                       # observers record the activation ranges
+                q(x)
+        q.features, q.classifier = convert_fx(q.features), convert_fx(q.classifier)
+    return q
+
+
+class InferenceNet(nn.Module):
+    """A trained VGG ready to score prepared fp32 inputs at a precision; returns fp32 logits."""
+
+    def __init__(self, model: VGG, precision: str = "fp32", calibration: Iterable[torch.Tensor] = ()) -> None:
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        self.precision = precision
+        if precision == "int8":
+            self.net = quantize_int8(model, calibration)
+        else:   # bf16: weights cast once, not per call as autocast would
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            self.net = fold_batchnorm(model).to(dtype=dtype, memory_format=torch.channels_last)
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.to(self.dtype)).float()

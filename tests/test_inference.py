@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from vggnet.inference import InferenceNet, quantize_int8
+from vggnet.model import build_model, fold_batchnorm, to_dense
+
+
+@pytest.fixture(scope="module")
+def bn_model():
+    torch.manual_seed(0)
+    model = build_model("A", batch_norm=True, num_classes=10, head="cifar", width=1 / 8, init="glorot").eval()
+    for m in model.modules():   # running statistics far from the identity, so that folding has work to do
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.3, 3.0)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+def test_fold_batchnorm_keeps_outputs_and_names(bn_model):
+    x = torch.randn(8, 3, 32, 32)
+    folded = fold_batchnorm(bn_model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert len(folded.features) == len(bn_model.features) and folded.feature_names == bn_model.feature_names
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), bn_model(x), atol=1e-5, rtol=1e-4)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in bn_model.modules())   # the original is untouched
+
+
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-5), ("bf16", 0.03), ("int8", 0.08)])
+def test_precisions_track_fp32(bn_model, precision, tol):
+    x = torch.randn(64, 3, 32, 32)
+    with torch.no_grad():
+        ref = bn_model(x)
+    out = InferenceNet(bn_model, precision, [x[:32]])(x)
+    assert out.dtype == torch.float32 and out.shape == (64, 10)
+    assert (out - ref).abs().max() <= tol * ref.abs().max()
+
+
+def test_int8_really_runs_quantized_kernels(bn_model):
+    q = quantize_int8(bn_model, [torch.randn(16, 3, 32, 32)])
+    kinds = {type(m).__module__ for m in q.modules()}
+    assert any(k.startswith("torch.ao.nn.quantized") for k in kinds)
+    dense = quantize_int8(to_dense(bn_model), [torch.randn(4, 3, 64, 64)])
+    assert dense(torch.randn(2, 3, 64, 64)).shape == (2, 10)            # any input size, as section 3.2
+
+
+def test_bad_precision_and_missing_calibration(bn_model):
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        InferenceNet(bn_model, "fp16")
+    with pytest.raises(ValueError, match="at least one calibration batch"):
+        InferenceNet(bn_model, "int8")
