@@ -163,3 +163,12 @@ def test_warm_start_setting_copies_from_a(dataset, tmp_path):
     a = read_checkpoint(tmp_path / "a" / "last.safetensors")[0]["model"]
     conv3_1 = trainer.model.named_layers()["conv3_1"][0]
     assert torch.equal(conv3_1.weight.float(), a[f"features.{8}.weight"])   # A: conv3_1 is features.8 with BN
+
+
+def test_fresh_run_refuses_to_overwrite_a_checkpoint(dataset, tmp_path):
+    train(tiny(dataset, tmp_path / "run", epochs=1))
+    before = (tmp_path / "run" / "last.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="already holds a run .*--resume"):
+        Trainer(tiny(dataset, tmp_path / "run", epochs=2))
+    assert (tmp_path / "run" / "last.safetensors").read_bytes() == before
+    assert train(tiny(dataset, tmp_path / "run", epochs=2), resume=True)["epochs"] == 2

@@ -436,6 +436,7 @@ class StreamingImages(torch.utils.data.Dataset):
         view = StreamingImages([self.items[i] for i in index.tolist()], self.classes, self.crop, self.scale,
                                self.train, self.seed)
         view.flip, view.lighting, view.lighting_std = self.flip, self.lighting, self.lighting_std
+        view.skipped = self.skipped
         return view
 
     def loader(self, batches: list[torch.Tensor], workers: int) -> torch.utils.data.DataLoader:

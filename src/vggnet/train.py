@@ -105,45 +105,14 @@ class Trainer:
         self._check_out_dir()
         restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"   # torchrun brought us back
         resume = resume or (restarted and (self.out / "last.safetensors").is_file())
+        if not resume and (self.out / "last.safetensors").is_file():
+            raise ValueError(f"{self.out} already holds a run (last.safetensors): add --resume to continue it, "
+                             "or choose another --out")
         torch.set_flush_denormal(True)  # denormal floats slow CPU kernels up to 100x (measured: BENCHMARKS.md)
         torch.manual_seed(settings.seed)
         random.seed(settings.seed)
-        train, self.test = load_dataset(settings.data, Path(settings.download) if settings.download else None,
-                                        stream=settings.stream, skip_bad=settings.skip_bad)
-        if train.skipped and self.world.main:
-            (self.out / "skipped.txt").write_text("\n".join(train.skipped) + "\n")
-        if settings.limit_train:
-            train = train.subset(random_subset(len(train), settings.limit_train, settings.seed))
-        if settings.limit_test:
-            self.test = self.test.subset(random_subset(len(self.test), settings.limit_test, settings.seed))
-        self.train, self.val = split_validation(train, settings.val_size, settings.seed)
-        self.classes = train.classes
-        self.streaming = isinstance(train, StreamingImages)
-        self.crop = self.r.crop_size or (224 if self.streaming else int(train.images.shape[-1]))
-        self.scale = self.r.train_scale or ((256, 256) if self.streaming else None)
-        if self.streaming:
-            for data, is_train in ((self.train, True), (self.val, False), (self.test, False)):
-                data.crop, data.scale, data.train = self.crop, self.scale, is_train
-        sample = self.statistics_sample()
-        mean, std = channel_stats(sample)
-        self.mean, self.std = mean, std if settings.divide_std else None
-        self.lighting = pca_lighting_stats(sample) if self.r.lighting else None
-        if self.streaming:  # flips and colour shifts happen per image in the workers
-            self.train.flip, self.train.lighting, self.train.lighting_std = self.r.flip, self.lighting, self.r.lighting
-        self.model = build_model(settings.config, batch_norm=settings.batch_norm, num_classes=len(self.classes),
-                                 head=self.r.head, init=self.r.init, dropout=self.r.dropout,
-                                 width=settings.width)
-        self.model.checkpoint_activations = settings.checkpoint_activations
-        if settings.init_from:
-            warm_start(self.model, settings.init_from)
-        if settings.sync_bn and self.world.size > 1:
-            convert_sync_batchnorm(self.model, cuda=self.world.device.startswith("cuda"))
-        self.model = self.model.to(self.world.device, memory_format=torch.channels_last)
-        self.net: torch.nn.Module = self.model    # what the step runs: the model, or DDP around it
-        if self.world.size > 1:
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
-        self.opt = torch.optim.SGD(param_groups(self.model, self.r.weight_decay, self.r.decay_norm_and_bias),
-                                   lr=self.r.lr, momentum=self.r.momentum, nesterov=self.r.nesterov)
+        self._load_data()
+        self._build_model()
         self.steps_per_epoch = max(1, len(self.train) // self.r.batch_size)
         self.gen = torch.Generator().manual_seed(settings.seed + 1)  # permutation and augmentation
         self.epoch, self.step, self.lr, self.lr_cuts, self.best_val, self.stale = 0, 0, self.r.lr, 0, -1.0, 0
@@ -153,6 +122,50 @@ class Trainer:
         self.stop_requested, self.steps_this_process, self.started = False, 0, time.monotonic()
         if resume:
             self.load_checkpoint(self.out / "last.safetensors")
+
+    def _load_data(self) -> None:
+        """Train/validation/test sets, crop and scale, and the training set's statistics:
+        mean RGB (2.1), std, and the PCA colour basis (3.1) when the recipe shifts colours."""
+        s = self.s
+        train, self.test = load_dataset(s.data, Path(s.download) if s.download else None,
+                                        stream=s.stream, skip_bad=s.skip_bad)
+        if train.skipped and self.world.main:
+            (self.out / "skipped.txt").write_text("\n".join(train.skipped) + "\n")
+        if s.limit_train:
+            train = train.subset(random_subset(len(train), s.limit_train, s.seed))
+        if s.limit_test:
+            self.test = self.test.subset(random_subset(len(self.test), s.limit_test, s.seed))
+        self.train, self.val = split_validation(train, s.val_size, s.seed)
+        self.classes = train.classes
+        self.streaming = isinstance(train, StreamingImages)
+        self.crop = self.r.crop_size or (224 if self.streaming else int(train.images.shape[-1]))
+        self.scale = self.r.train_scale or ((256, 256) if self.streaming else None)
+        if self.streaming:
+            for data, is_train in ((self.train, True), (self.val, False), (self.test, False)):
+                data.crop, data.scale, data.train = self.crop, self.scale, is_train
+        sample = self.statistics_sample()
+        mean, std = channel_stats(sample)
+        self.mean, self.std = mean, std if s.divide_std else None
+        self.lighting = pca_lighting_stats(sample) if self.r.lighting else None
+        if self.streaming:  # flips and colour shifts happen per image in the workers
+            self.train.flip, self.train.lighting, self.train.lighting_std = self.r.flip, self.lighting, self.r.lighting
+
+    def _build_model(self) -> None:
+        """The model (warm-started if asked), DDP around it under torchrun, and the optimizer."""
+        s = self.s
+        self.model = build_model(s.config, batch_norm=s.batch_norm, num_classes=len(self.classes), head=self.r.head,
+                                 init=self.r.init, dropout=self.r.dropout, width=s.width)
+        self.model.checkpoint_activations = s.checkpoint_activations
+        if s.init_from:
+            warm_start(self.model, s.init_from)
+        if s.sync_bn and self.world.size > 1:
+            convert_sync_batchnorm(self.model, cuda=self.world.device.startswith("cuda"))
+        self.model = self.model.to(self.world.device, memory_format=torch.channels_last)
+        self.net: torch.nn.Module = self.model    # what the step runs: the model, or DDP around it
+        if self.world.size > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+        self.opt = torch.optim.SGD(param_groups(self.model, self.r.weight_decay, self.r.decay_norm_and_bias),
+                                   lr=self.r.lr, momentum=self.r.momentum, nesterov=self.r.nesterov)
 
     def _check_out_dir(self) -> None:
         """Fail before training, not after the first epoch, if the run folder is not writable."""
