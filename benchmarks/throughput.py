@@ -47,8 +47,8 @@ def torchvision_model(config: str, bn: bool, size: int, classes: int) -> torch.n
     return model
 
 
-def ours_train_step(model, opt, x, y):
-    loss, _ = forward_backward(model, x, y, 0, 0.1, "bf16")
+def ours_train_step(model, opt, x, y, precision="bf16"):
+    loss, _ = forward_backward(model, x, y, 0, 0.1, precision)
     opt.step()
 
 
@@ -65,6 +65,10 @@ def timed(step, steps: int) -> float:
     return time.perf_counter() - t
 
 
+def _num(x: float, digits: int) -> float | None:
+    return None if x != x else round(x, digits)    # NaN (no torchvision peer) -> null
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="D")
@@ -73,54 +77,66 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--mode", choices=["train", "infer"], default="train")
-    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="bf16", help="inference numerics")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="bf16", help="numerics of our step (training: bf16 autocast or fp32; inference: also int8)")
+    p.add_argument("--compile", action="store_true", help="torch.compile our model (warm-up not timed)")
+    p.add_argument("--width", type=float, default=1.0, help="our model's channel multiplier (1.0: the paper's)")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     torch.set_flush_denormal(True)
     head = "cifar" if args.size < 224 else "paper"
     ours = build_model(args.config, batch_norm=args.batch_norm, num_classes=args.classes, head=head,
-                       dropout=0.0).to(memory_format=torch.channels_last)
-    theirs = torchvision_model(args.config, args.batch_norm, args.size, args.classes)
+                       dropout=0.0, width=args.width).to(memory_format=torch.channels_last)
+    theirs = torchvision_model(args.config, args.batch_norm, args.size, args.classes) \
+        if (args.config, args.batch_norm) in TV_NAMES else None     # torchvision has no A-LRN, C, B-5x5
     x = torch.randn(args.batch, 3, args.size, args.size)
     xc = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, args.classes, (args.batch,))
     if args.mode == "train":
         o_opt = torch.optim.SGD(ours.parameters(), lr=1e-3, momentum=0.9)
-        t_opt = torch.optim.SGD(theirs.parameters(), lr=1e-3, momentum=0.9)
-        ours.train(), theirs.train()
-        run_ours, run_theirs = (lambda: ours_train_step(ours, o_opt, xc, y)), (lambda: tv_train_step(theirs, t_opt, x, y))
+        ours.train()
+        step_model = torch.compile(ours) if args.compile else ours
+        if args.precision == "int8":
+            p.error("int8 is for inference (--mode infer)")
+        run_ours = lambda: ours_train_step(step_model, o_opt, xc, y, args.precision)  # noqa: E731
+        if theirs is not None:
+            t_opt = torch.optim.SGD(theirs.parameters(), lr=1e-3, momentum=0.9)
+            run_theirs = lambda: tv_train_step(theirs.train(), t_opt, x, y)  # noqa: E731
     else:
-        ours.eval(), theirs.eval()
+        ours.eval()
         net = InferenceNet(ours, args.precision, [xc])
+        if args.compile:
+            net.net = torch.compile(net.net)
 
         def run_ours():
             net(xc)
 
         def run_theirs():
             with torch.inference_mode():
-                theirs(x)
-    for fn in (run_ours, run_theirs):  # warm-up
+                theirs.eval()(x)
+    runs = [run_ours] + ([run_theirs] if theirs is not None else [])
+    for fn in runs:  # warm-up (and compilation)
         timed(fn, 2)
-    o_times, t_times = [], []
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(args.repeats):  # alternate, so both see the same machine load
-        o_times.append(timed(run_ours, args.steps))
-        t_times.append(timed(run_theirs, args.steps))
+        for fn, t in zip(runs, times):
+            t.append(timed(fn, args.steps))
     images = args.batch * args.steps
-    o_ips, t_ips = images / statistics.median(o_times), images / statistics.median(t_times)
+    o_ips = images / statistics.median(times[0])
+    t_ips = images / statistics.median(times[1]) if theirs is not None else float("nan")
     macs = totals(summarize(args.config, batch_norm=args.batch_norm, input_size=(args.size, args.size), head=head,
-                            num_classes=args.classes))["macs"]
+                            num_classes=args.classes, width=args.width))["macs"]
     flops_per_image = 2 * macs * (3 if args.mode == "train" else 1)
     peak_bf16, peak_fp32 = gemm_peak(torch.bfloat16), gemm_peak(torch.float32)
     print(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "mode": args.mode, "config": args.config,
-        "precision": "bf16" if args.mode == "train" else args.precision,
+        "precision": args.precision, "compiled": args.compile, "width": args.width,
         "batch_norm": args.batch_norm, "size": args.size, "batch": args.batch,
-        "ours_img_s": round(o_ips, 1), "torchvision_fp32_img_s": round(t_ips, 1), "ratio": round(o_ips / t_ips, 2),
+        "ours_img_s": round(o_ips, 1), "torchvision_fp32_img_s": _num(t_ips, 1), "ratio": _num(o_ips / t_ips, 2),
         "ours_gflops": round(o_ips * flops_per_image / 1e9, 1), "bf16_gemm_peak_gflops": round(peak_bf16 / 1e9, 1),
         "fraction_of_bf16_peak": round(o_ips * flops_per_image / peak_bf16, 3),
-        "torchvision_fraction_of_fp32_peak": round(t_ips * flops_per_image / peak_fp32, 3),
+        "torchvision_fraction_of_fp32_peak": _num(t_ips * flops_per_image / peak_fp32, 3),
         "fp32_gemm_peak_gflops": round(peak_fp32 / 1e9, 1)}, indent=2))
 
 
