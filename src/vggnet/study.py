@@ -133,7 +133,7 @@ def aggregate(results: list[dict]) -> list[dict]:
     for (config, scale, protocol), rs in groups.items():
         top1, top5 = [100 * r["top1_error"] for r in rs], [100 * r["top5_error"] for r in rs]
         rows.append({"config": config, "scale": scale, "train_scale": rs[0]["train_scale"], "protocol": protocol,
-                     "test_scales": rs[0]["scales"], "seeds": len(rs),
+                     "test_scales": rs[0]["scales"], "seeds": len(rs), "images": rs[0]["images"],
                      "top1": statistics.fmean(top1), "top1_std": statistics.stdev(top1) if len(rs) > 1 else 0.0,
                      "top5": statistics.fmean(top5), "top5_std": statistics.stdev(top5) if len(rs) > 1 else 0.0,
                      "paper": PAPER_ERRORS.get((config, scale, protocol)),
@@ -146,8 +146,10 @@ def _err(rows: list[dict], config: str, scale: str = "fixed", protocol: str = "d
 
 
 def _verdict(name: str, source: str, order: list[dict], holds: bool) -> dict:
+    """One judged claim; "tie" when every compared error is the same (nothing to judge)."""
     ours = ", ".join(f"{r['config']}{'' if r['scale'] == 'fixed' else ' jittered'} {r['top1']:.2f}" for r in order)
-    return {"claim": name, "paper": source, "holds": holds, "ours": ours}
+    tie = len({round(r["top1"], 6) for r in order}) == 1
+    return {"claim": name, "paper": source, "holds": None if tie else holds, "ours": ours}
 
 
 def claims(rows: list[dict]) -> list[dict]:
@@ -191,6 +193,10 @@ def format_study(summary: dict) -> str:
     head = (f"# vggnet study: {summary['recipe']} recipe, {summary['epochs']} epochs, "
             f"{'with' if summary['batch_norm'] else 'without'} BatchNorm, width {summary['width']}, "
             f"{summary['seeds']} seed(s)\n\n"
+            f"Ours: top-1 and top-5 test error (%) on {summary['rows'][0]['images'] if summary['rows'] else 0} test "
+            "images, mean (± std over seeds). Paper: ILSVRC-2012 validation error of the same configuration, "
+            "trained at S = 256 (fixed) or S in [256; 512] (jittered); Tables 3-4 use dense evaluation, Table 5 "
+            "compares the protocols.\n\n"
             "| ConvNet config | train scale S | test scale Q | protocol | top-1 err (%) | top-5 err (%) "
             "| paper top-1 / top-5 (ImageNet) |\n|---|---|---|---|---|---|---|\n")
     lines = []
@@ -198,8 +204,9 @@ def format_study(summary: dict) -> str:
         paper = f"{r['paper'][0]} / {r['paper'][1]}" if r["paper"] else (r["paper_note"] or "")
         lines.append(f"| {r['config']} | {r['train_scale']} | {r['test_scales']} | {r['protocol']} | "
                      f"{_pm(r['top1'], r['top1_std'], r['seeds'])} | {_pm(r['top5'], r['top5_std'], r['seeds'])} | {paper} |")
-    verdicts = [f"- {c['claim']} ({c['paper']}): **{'holds' if c['holds'] else 'does not hold'}** "
-                f"here (top-1 err: {c['ours']})" for c in summary["claims"]]
+    word = {True: "holds", False: "does not hold", None: "tie, cannot tell"}
+    verdicts = [f"- {c['claim']} ({c['paper']}): **{word[c['holds']]}** here (top-1 err: {c['ours']})"
+                for c in summary["claims"]]
     return head + "\n".join(lines) + "\n\n## The paper's claims at this scale\n\n" + "\n".join(verdicts) + "\n"
 
 
