@@ -52,6 +52,8 @@ class InferenceNet(nn.Module):
         self.precision = precision
         if precision == "int8":
             self.net = quantize_int8(model, calibration)
+        elif precision == "fp32" and not model.batch_norm:   # nothing to fold or cast: no second copy
+            self.net = model.eval().to(memory_format=torch.channels_last)
         else:   # bf16: weights cast once, not per call as autocast would
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
             self.net = fold_batchnorm(model).to(dtype=dtype, memory_format=torch.channels_last)
