@@ -59,7 +59,15 @@ class EvalModel:
         self.order = order
         self.mean = torch.tensor(self.meta.get("mean") or [0.0, 0.0, 0.0]).view(1, 3, 1, 1)
         self.std = torch.tensor(self.meta.get("std") or [1.0, 1.0, 1.0]).view(1, 3, 1, 1)
-        self.use_precision("fp32")
+        self._nets: tuple[InferenceNet, InferenceNet] | None = None   # built on first use, once
+
+    @property
+    def net(self) -> InferenceNet:
+        return (self._nets or self.use_precision(self.precision)._nets)[0]
+
+    @property
+    def dense_net(self) -> InferenceNet:
+        return (self._nets or self.use_precision(self.precision)._nets)[1]
 
     def use_precision(self, precision: str, calibration: torch.Tensor | None = None) -> "EvalModel":
         """Score in fp32, bf16 or int8 (BN folded in each case); int8 fixes its activation
@@ -67,8 +75,7 @@ class EvalModel:
         if precision == "int8" and calibration is None:
             raise ValueError("int8 needs calibration images")
         batches = [self.prepare(c) for c in calibration.split(64)] if calibration is not None else []
-        self.net = InferenceNet(self.model, precision, batches)
-        self.dense_net = InferenceNet(self.dense, precision, batches)
+        self._nets = (InferenceNet(self.model, precision, batches), InferenceNet(self.dense, precision, batches))
         self.precision = precision
         return self
 
