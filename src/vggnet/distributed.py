@@ -22,6 +22,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     device: str = "cpu"
+    owns_group: bool = False   # setup() created the process group, so teardown() ends it
 
     @property
     def main(self) -> bool:
@@ -38,12 +39,20 @@ def setup(threads: int = 0) -> World:
     device = f"cuda:{local_rank}" if cuda else "cpu"
     if cuda:
         torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     if not threads and not cuda:  # ranks on one machine share its cores fairly
         local = int(os.environ.get("LOCAL_WORLD_SIZE", size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-    return World(rank, size, local_rank, device)
+    return World(rank, size, local_rank, device, owns)
+
+
+def teardown(world: World) -> None:
+    """End the process group setup() created: exiting with gloo's threads still running can
+    abort a rank ("terminate called without an active exception") after a finished run."""
+    if world.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard(n: int, world: World) -> slice:

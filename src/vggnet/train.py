@@ -29,7 +29,7 @@ from .configs import Recipe, get_recipe
 from .data import (StreamingImages, TensorData, center_crop, channel_stats, load_dataset, normalize,
                    pca_lighting, pca_lighting_stats, random_crop_flip, rescale, scale_jitter_crop, split_validation)
 from .model import VGG, build_model
-from .distributed import World, barrier, convert_sync_batchnorm, gather, setup, shard
+from .distributed import World, barrier, convert_sync_batchnorm, gather, setup, shard, teardown
 from .weights import warm_start
 
 Data = TensorData | StreamingImages
@@ -503,4 +503,8 @@ def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, n: int) -> torch.
 
 def train(settings: RunSettings | None = None, resume: bool = False) -> dict:
     """Train one run end to end (the Python API behind ``vggnet train``)."""
-    return Trainer(settings or RunSettings(), resume=resume).fit()
+    trainer = Trainer(settings or RunSettings(), resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        teardown(trainer.world)
