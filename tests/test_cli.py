@@ -41,10 +41,13 @@ def test_python_dash_m_and_console_script():
 def test_train_command_tiny(tmp_path, capsys):
     data = write_image_folder(tmp_path / "d", classes=2, per_class=20)
     argv = ["train", "--config", "A", "--width", "0.0625", "--data", str(data), "--out", str(tmp_path / "run"),
-            "--epochs", "1", "--batch-size", "8", "--val-size", "8", "--init", "glorot", "--precision", "fp32"]
+            "--epochs", "1", "--batch-size", "8", "--val-size", "8", "--init", "glorot", "--precision", "fp32",
+            "--cutout", "4", "--label-smoothing", "0.2", "--dropout", "0.25"]
     assert main(argv) == 0
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["settings"]["recipe"]["precision"] == "fp32" and run["model"]["config"] == "A"
+    recipe = run["settings"]["recipe"]
+    assert (recipe["cutout"], recipe["label_smoothing"], recipe["dropout"]) == (4, 0.2, 0.25)
     assert run["settings"]["batch_norm"] is None and run["model"]["batch_norm"] is False
     assert run["settings"]["recipe"]["name"] == "fast-plain"        # the default recipe for a net without BN
     assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs"] == 1

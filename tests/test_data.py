@@ -186,6 +186,23 @@ def test_random_crop_flip_windows():
     assert all(a or b for a, b in zip(same, mirrored)) and 15 < sum(mirrored) < 49
 
 
+def test_cutout_zeroes_one_square_per_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 3, 16, 16).abs() + 1.0          # no zero before Cutout
+    out = D.cutout(x, 6, g)
+    holes = out == 0
+    assert torch.equal(holes[:, 0], holes[:, 1]) and torch.equal(holes[:, 0], holes[:, 2])   # all channels
+    torch.testing.assert_close(out[~holes], x[~holes], rtol=0, atol=0)
+    areas = holes[:, 0].sum((1, 2))
+    assert areas.max() == 36 and areas.min() >= 9         # 6x6 inside, clipped to 3x3 at worst
+    for m in holes[:, 0]:                                  # each hole is one axis-aligned rectangle
+        rows, cols = m.any(1).nonzero().flatten(), m.any(0).nonzero().flatten()
+        assert m.sum() == len(rows) * len(cols) and rows.max() - rows.min() + 1 == len(rows)
+    assert (areas == 36).sum() > 50                        # centres spread: many squares fully inside
+    assert torch.equal(D.cutout(x, 6, torch.Generator().manual_seed(1)),
+                       D.cutout(x, 6, torch.Generator().manual_seed(1)))
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg" / "test").is_dir(), reason="shared CIFAR-10 not present")
 def test_shared_cifar10_test_split_decodes():
     data = D.load_folder_tensors(SHARED_DATA / "cifar10-jpeg" / "test")

@@ -32,6 +32,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="section 3.1: rescale the smaller side to S (one value) or to S drawn from [SMIN, SMAX]")
     p.add_argument("--crop-size", type=int, help="training crop (default: the image size, 224 when streamed)")
     p.add_argument("--lighting", type=float, help="std of the PCA colour shift (3.1, AlexNet: 0.1; 0: off)")
+    p.add_argument("--label-smoothing", type=float, help="override the recipe's label smoothing (0: off)")
+    p.add_argument("--dropout", type=float, help="override the recipe's dropout of the first two FC layers")
+    p.add_argument("--cutout", type=int, metavar="PX",
+                   help="override the recipe's Cutout: a PX x PX square set to the mean colour (0: off)")
     p.add_argument("--micro-batch", type=int, help="accumulate gradients over micro-batches of this size")
     p.add_argument("--init-from", metavar="CHECKPOINT",
                    help="warm start (3.1): from a net A checkpoint (first four convs, three FC) or the same net")
@@ -67,7 +71,9 @@ def _run_train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                    "weight_decay": args.weight_decay, "init": args.init,
                                    "precision": args.precision, "train_scale": scale, "crop_size": args.crop_size,
-                                   "lighting": args.lighting, "micro_batch": args.micro_batch}.items()
+                                   "lighting": args.lighting, "micro_batch": args.micro_batch,
+                                   "label_smoothing": args.label_smoothing, "dropout": args.dropout,
+                                   "cutout": args.cutout}.items()
                  if v is not None}
     default_bn = True if args.config.upper() == "D" and args.batch_norm is None else args.batch_norm
     uses_bn = resolve_config(args.config, default_bn)[1]

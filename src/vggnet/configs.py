@@ -121,6 +121,7 @@ class Recipe:
     train_scale: tuple[int, int] | None = None  # 3.1: smaller side rescaled to S in [min, max], then cropped
     crop_size: int = 0                # training crop side; 0: the image size in memory, 224 when streamed
     flip: bool = True                 # random horizontal flip
+    cutout: int = 0                   # side of a square set to the mean colour at a random place (0: off)
     lighting: float = 0.0             # std of the PCA colour shift multiples (AlexNet, 3.1: 0.1); 0: off
     micro_batch: int = 0              # gradient accumulation: micro-batches of this size (0: off)
     tta_flip: bool = True             # average logits over the image and its mirror at eval

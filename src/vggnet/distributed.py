@@ -41,11 +41,30 @@ def setup(threads: int = 0) -> World:
         torch.cuda.set_device(local_rank)
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        store = _attempt_store(rank, size)
+        dist.init_process_group(backend="nccl" if cuda else "gloo", store=store,
+                                rank=rank if store else -1, world_size=size if store else -1)
     if not threads and not cuda:  # ranks on one machine share its cores fairly
         local = int(os.environ.get("LOCAL_WORLD_SIZE", size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     return World(rank, size, local_rank, device, owns)
+
+
+def _attempt_store(rank: int, size: int) -> dist.Store | None:
+    """On one node under torchrun's shared store, the env:// store seen through a prefix of
+    this restart attempt; None (plain env://) otherwise.
+
+    torchrun hands every attempt the same TCPStore, whose keys outlive the workers: after an
+    elastic restart gloo could read a dead peer's address left by the previous attempt and
+    wait for it forever (pytorch/pytorch#135712). Every rank of one node restarts together,
+    so TORCHELASTIC_RESTART_COUNT names the attempt for all of them; across nodes the counts
+    differ, and TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (a fresh store per round) is the remedy."""
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if not shared or os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        return None
+    from torch.distributed.rendezvous import rendezvous
+    store, _, _ = next(rendezvous("env://", rank, size))
+    return dist.PrefixStore(f"vggnet/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
 
 
 def teardown(world: World) -> None:

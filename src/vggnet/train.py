@@ -26,7 +26,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from tqdm import tqdm
 
 from .configs import Recipe, get_recipe
-from .data import (StreamingImages, TensorData, center_crop, channel_stats, load_dataset, normalize,
+from .data import (StreamingImages, TensorData, center_crop, channel_stats, cutout, load_dataset, normalize,
                    pca_lighting, pca_lighting_stats, random_crop_flip, rescale, scale_jitter_crop, split_validation)
 from .model import VGG, build_model
 from .distributed import World, barrier, convert_sync_batchnorm, gather, setup, shard, teardown
@@ -191,7 +191,9 @@ class Trainer:
         """uint8 batch -> model input, section 3.1: scale jittering and random crops, PCA
         colour shift, mean subtraction, flips; all as whole-batch tensor operations."""
         if self.streaming:  # streamed images arrive rescaled, cropped, flipped and colour-shifted
-            return normalize(images, self.mean, self.std).contiguous(memory_format=torch.channels_last)
+            x = normalize(images, self.mean, self.std)
+            x = cutout(x, self.r.cutout, self.gen) if self.r.cutout else x
+            return x.contiguous(memory_format=torch.channels_last)
         if self.scale:
             images = scale_jitter_crop(images, self.scale[0], self.scale[1], self.crop, self.gen)
         x = images.to(torch.float32)
@@ -200,6 +202,8 @@ class Trainer:
         x = normalize(x, self.mean, self.std)
         padding = 0 if self.scale else self.r.crop_padding
         x = random_crop_flip(x, padding, self.r.flip, self.gen)
+        if self.r.cutout:
+            x = cutout(x, self.r.cutout, self.gen)
         return x.contiguous(memory_format=torch.channels_last)
 
     def prepare_eval(self, images: torch.Tensor) -> torch.Tensor:
