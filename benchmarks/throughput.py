@@ -1,6 +1,7 @@
 """Images per second of vggnet's training step (the one `vggnet train` runs) against
 torchvision's VGG in a plain fp32 eager loop, measured alternately in the same process,
-with the achieved FLOPS as a fraction of the bf16/fp32 GEMM peak measured in the same run.
+with the achieved FLOPS as a fraction of the bf16/fp32 GEMM peak measured in the same run,
+and the peak resident memory of our step (measured before torchvision's model is built).
 
     python benchmarks/throughput.py --config D --batch-norm --size 32 --batch 128
     python benchmarks/throughput.py --mode infer --config D --size 224 --batch 16 --precision int8
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import time
 
@@ -87,8 +89,6 @@ def main() -> None:
     head = "cifar" if args.size < 224 else "paper"
     ours = build_model(args.config, batch_norm=args.batch_norm, num_classes=args.classes, head=head,
                        dropout=0.0, width=args.width).to(memory_format=torch.channels_last)
-    theirs = torchvision_model(args.config, args.batch_norm, args.size, args.classes) \
-        if (args.config, args.batch_norm) in TV_NAMES else None     # torchvision has no A-LRN, C, B-5x5
     x = torch.randn(args.batch, 3, args.size, args.size)
     xc = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, args.classes, (args.batch,))
@@ -99,9 +99,6 @@ def main() -> None:
         if args.precision == "int8":
             p.error("int8 is for inference (--mode infer)")
         run_ours = lambda: ours_train_step(step_model, o_opt, xc, y, args.precision)  # noqa: E731
-        if theirs is not None:
-            t_opt = torch.optim.SGD(theirs.parameters(), lr=1e-3, momentum=0.9)
-            run_theirs = lambda: tv_train_step(theirs.train(), t_opt, x, y)  # noqa: E731
     else:
         ours.eval()
         net = InferenceNet(ours, args.precision, [xc])
@@ -110,12 +107,19 @@ def main() -> None:
 
         def run_ours():
             net(xc)
-
+    timed(run_ours, 2)   # warm-up (and compilation), before torchvision's model exists:
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # so this peak is ours alone
+    theirs = torchvision_model(args.config, args.batch_norm, args.size, args.classes) \
+        if (args.config, args.batch_norm) in TV_NAMES else None     # torchvision has no A-LRN, C, B-5x5
+    if theirs is not None and args.mode == "train":
+        t_opt = torch.optim.SGD(theirs.parameters(), lr=1e-3, momentum=0.9)
+        run_theirs = lambda: tv_train_step(theirs.train(), t_opt, x, y)  # noqa: E731
+    elif theirs is not None:
         def run_theirs():
             with torch.inference_mode():
                 theirs.eval()(x)
     runs = [run_ours] + ([run_theirs] if theirs is not None else [])
-    for fn in runs:  # warm-up (and compilation)
+    for fn in runs[1:]:  # torchvision's warm-up
         timed(fn, 2)
     times: list[list[float]] = [[] for _ in runs]
     for _ in range(args.repeats):  # alternate, so both see the same machine load
@@ -128,6 +132,7 @@ def main() -> None:
                             num_classes=args.classes, width=args.width))["macs"]
     flops_per_image = 2 * macs * (3 if args.mode == "train" else 1)
     peak_bf16, peak_fp32 = gemm_peak(torch.bfloat16), gemm_peak(torch.float32)
+    own_peak = peak_fp32 if args.precision == "fp32" else peak_bf16   # int8: against bf16, no int8 GEMM timed
     print(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "mode": args.mode, "config": args.config,
@@ -136,6 +141,8 @@ def main() -> None:
         "ours_img_s": round(o_ips, 1), "torchvision_fp32_img_s": _num(t_ips, 1), "ratio": _num(o_ips / t_ips, 2),
         "ours_gflops": round(o_ips * flops_per_image / 1e9, 1), "bf16_gemm_peak_gflops": round(peak_bf16 / 1e9, 1),
         "fraction_of_bf16_peak": round(o_ips * flops_per_image / peak_bf16, 3),
+        "fraction_of_own_peak": round(o_ips * flops_per_image / own_peak, 3),
+        "ours_peak_rss_gib": round(peak_rss, 2),
         "torchvision_fraction_of_fp32_peak": _num(t_ips * flops_per_image / peak_fp32, 3),
         "fp32_gemm_peak_gflops": round(peak_fp32 / 1e9, 1)}, indent=2))
 

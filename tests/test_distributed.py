@@ -82,3 +82,26 @@ def test_killed_rank_restarts_from_the_checkpoint(tmp_path):
     assert epochs == [1, 2, 3]
     assert (out / "results.json").is_file()
     assert read_checkpoint(out / "last.safetensors")[1]["state"]["epoch"] == 3
+
+
+def test_each_restart_attempt_sees_its_own_keys(monkeypatch):
+    """torchrun keeps one store across restarts: attempt 1 must not read what attempt 0 wrote."""
+    from vggnet.distributed import _attempt_store
+    server = torch.distributed.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False)
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(server.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
+           "GROUP_WORLD_SIZE": "1", "RANK": "0", "WORLD_SIZE": "1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    stores = []
+    for attempt in ("0", "1"):
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", attempt)
+        stores.append(_attempt_store(0, 1))
+    stores[0].set("rank_1", "dead peer")
+    stores[1].set("rank_1", "live peer")
+    assert stores[1].get("rank_1") == b"live peer" and stores[0].get("rank_1") == b"dead peer"
+    assert server.check(["vggnet/attempt_1/rank_1"]) and server.get("vggnet/attempt_1/rank_1") == b"live peer"
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")          # several nodes: their restart counts differ
+    assert _attempt_store(0, 1) is None
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE")   # not under torchrun's shared store
+    assert _attempt_store(0, 1) is None

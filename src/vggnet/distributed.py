@@ -64,7 +64,7 @@ def _attempt_store(rank: int, size: int) -> dist.Store | None:
         return None
     from torch.distributed.rendezvous import rendezvous
     store, _, _ = next(rendezvous("env://", rank, size))
-    return dist.PrefixStore(f"vggnet/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+    return dist.PrefixStore(f"vggnet/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def teardown(world: World) -> None:
