@@ -13,7 +13,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from throughput import ours_train_step
+from throughput import add_step_arguments, ours_train_step
 from vggnet import build_model
 
 KINDS = [("conv backward", ("convolution_backward",)), ("conv forward", ("mkldnn_convolution", "onednn_convolution", "_convolution")),
@@ -28,10 +28,7 @@ def kind_of(name: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="D")
-    p.add_argument("--batch-norm", action="store_true")
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--batch", type=int, default=128)
+    add_step_arguments(p)
     p.add_argument("--steps", type=int, default=5)
     args = p.parse_args()
     torch.set_flush_denormal(True)

@@ -71,12 +71,17 @@ def _num(x: float, digits: int) -> float | None:
     return None if x != x else round(x, digits)    # NaN (no torchvision peer) -> null
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_step_arguments(p: argparse.ArgumentParser) -> None:
+    """The options naming one training step, shared with profile_step.py."""
     p.add_argument("--config", default="D")
     p.add_argument("--batch-norm", action="store_true")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--batch", type=int, default=128)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_step_arguments(p)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--mode", choices=["train", "infer"], default="train")
     p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="bf16", help="numerics of our step (training: bf16 autocast or fp32; inference: also int8)")
