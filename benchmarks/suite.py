@@ -36,7 +36,8 @@ def main() -> None:
     p.add_argument("--modes", default="train,infer")
     p.add_argument("--precisions", default="bf16")
     p.add_argument("--compiled", default="no", help="no, yes or no,yes")
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per repeat at 32 px")
+    p.add_argument("--steps-224", type=int, default=1, help="timed steps per repeat at 224 px (seconds each)")
     args = p.parse_args()
     print("| config | size | mode | precision | compiled | batch | ours img/s | torchvision fp32 img/s | ratio "
           "| ours GFLOPS | of the GEMM peak (own dtype) | GEMM peak bf16 / fp32 GFLOPS | ours peak RSS GiB |\n"
@@ -46,7 +47,13 @@ def main() -> None:
             args.precisions.split(","), [c == "yes" for c in args.compiled.split(",")]):
         if mode == "train" and precision == "int8":
             continue
-        r = row(config, size, mode, precision, compiled, args.steps)
+        try:
+            r = row(config, size, mode, precision, compiled, args.steps if size < 224 else args.steps_224)
+        except subprocess.CalledProcessError as exc:   # one failed row (say, a compiler error) is reported, not fatal
+            last = (exc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+            print(f"| {config} | {size} | {mode} | {precision} | {'yes' if compiled else 'no'} | failed: {last[0][:120]} |",
+                  flush=True)
+            continue
         print(f"| {config}{'-BN' if mode == 'train' else ''} | {size} | {mode} | {precision} | {'yes' if compiled else 'no'} "
               f"| {r['batch']} | {r['ours_img_s']} | {r['torchvision_fp32_img_s'] or '—'} | {r['ratio'] or '—'} "
               f"| {r['ours_gflops']} | {r['fraction_of_own_peak']:.0%} "
