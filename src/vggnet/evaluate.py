@@ -63,11 +63,18 @@ class EvalModel:
 
     @property
     def net(self) -> InferenceNet:
-        return (self._nets or self.use_precision(self.precision)._nets)[0]
+        return self._scoring_nets()[0]
 
     @property
     def dense_net(self) -> InferenceNet:
-        return (self._nets or self.use_precision(self.precision)._nets)[1]
+        return self._scoring_nets()[1]
+
+    def _scoring_nets(self) -> tuple[InferenceNet, InferenceNet]:
+        """(net, dense net) at the current precision, built on first use."""
+        if self._nets is None:
+            self.use_precision(self.precision)
+        assert self._nets is not None
+        return self._nets
 
     def use_precision(self, precision: str, calibration: torch.Tensor | None = None) -> "EvalModel":
         """Score in fp32, bf16 or int8 (BN folded in each case); int8 fixes its activation

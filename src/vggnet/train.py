@@ -189,19 +189,18 @@ class Trainer:
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 batch -> model input, section 3.1: scale jittering and random crops, PCA
-        colour shift, mean subtraction, flips; all as whole-batch tensor operations."""
+        colour shift, mean subtraction, flips (then Cutout, if the recipe asks); all as
+        whole-batch tensor operations."""
         if self.streaming:  # streamed images arrive rescaled, cropped, flipped and colour-shifted
             x = normalize(images, self.mean, self.std)
-            x = cutout(x, self.r.cutout, self.gen) if self.r.cutout else x
-            return x.contiguous(memory_format=torch.channels_last)
-        if self.scale:
-            images = scale_jitter_crop(images, self.scale[0], self.scale[1], self.crop, self.gen)
-        x = images.to(torch.float32)
-        if self.lighting:
-            x = pca_lighting(x, self.lighting, self.r.lighting, self.gen)
-        x = normalize(x, self.mean, self.std)
-        padding = 0 if self.scale else self.r.crop_padding
-        x = random_crop_flip(x, padding, self.r.flip, self.gen)
+        else:
+            if self.scale:
+                images = scale_jitter_crop(images, self.scale[0], self.scale[1], self.crop, self.gen)
+            x = images.to(torch.float32)
+            if self.lighting:
+                x = pca_lighting(x, self.lighting, self.r.lighting, self.gen)
+            x = normalize(x, self.mean, self.std)
+            x = random_crop_flip(x, 0 if self.scale else self.r.crop_padding, self.r.flip, self.gen)
         if self.r.cutout:
             x = cutout(x, self.r.cutout, self.gen)
         return x.contiguous(memory_format=torch.channels_last)
