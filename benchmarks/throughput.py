@@ -106,9 +106,7 @@ def main() -> None:
         run_ours = lambda: ours_train_step(step_model, o_opt, xc, y, args.precision)  # noqa: E731
     else:
         ours.eval()
-        net = InferenceNet(ours, args.precision, [xc])
-        if args.compile:
-            net.net = torch.compile(net.net)
+        net = InferenceNet(ours, args.precision, [xc], compile=args.compile)
 
         def run_ours():
             net(xc)

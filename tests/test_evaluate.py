@@ -89,6 +89,9 @@ def test_evaluate_every_protocol_and_ensemble(tmp_path):
     assert json.loads(format_report(both, "json"))["rows"][0]["protocol"] == "single"
     with pytest.raises(ValueError, match="unknown protocol 'dense-crop'"):
         evaluate(weights, data, ["dense-crop"])
+    compiled = evaluate(weights[:1], data, ["single"], compile=True)   # the user's path, torch.compiled
+    assert compiled["compiled"] and compiled["rows"][0]["top1_error"] == one["rows"][0]["top1_error"]
+    assert "fp32, compiled" in format_report(compiled)
 
 
 def test_labels_map_to_the_models_classes(tmp_path):

@@ -49,3 +49,14 @@ def test_bad_precision_and_missing_calibration(bn_model):
         InferenceNet(bn_model, "fp16")
     with pytest.raises(ValueError, match="at least one calibration batch"):
         InferenceNet(bn_model, "int8")
+
+
+def test_compiled_net_matches_eager_at_each_input_size(bn_model):
+    dense = to_dense(bn_model).eval()
+    eager, compiled = InferenceNet(dense, "fp32"), InferenceNet(dense, "fp32", compile=True)
+    assert compiled.compiled and not eager.compiled
+    for size in (32, 48):   # a new input size compiles anew (static shapes), still the same scores
+        x = torch.randn(4, 3, size, size)
+        torch.testing.assert_close(compiled(x), eager(x), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="not int8"):
+        InferenceNet(bn_model, "int8", [torch.randn(4, 3, 32, 32)], compile=True)

@@ -50,9 +50,11 @@ def test_predict_batches_equal_single_images(tmp_path, weights):
     (folder / "broken.jpg").unlink()
     together = predict(folder, weights, batch_size=32)
     alone = predict(folder, weights, batch_size=1)
-    for a, b in zip(together, alone):
-        assert a["top"][0]["class"] == b["top"][0]["class"]
+    compiled = predict(folder, weights, batch_size=32, compile=True)
+    for a, b, c in zip(together, alone, compiled):
+        assert a["top"][0]["class"] == b["top"][0]["class"] == c["top"][0]["class"]
         assert abs(a["top"][0]["probability"] - b["top"][0]["probability"]) < 1e-5
+        assert abs(a["top"][0]["probability"] - c["top"][0]["probability"]) < 1e-5
 
 
 def test_predict_cli_json_and_cam(tmp_path, weights, capsys):

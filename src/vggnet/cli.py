@@ -128,6 +128,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
                    help="scoring numerics, BN folded: fp32 (default), bf16, or int8 calibrated on "
                         "256 images of DATA/train (else of DATA)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the scoring nets (fp32/bf16): faster on long runs, after a "
+                        "compilation per input size")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=_run_eval)
 
@@ -135,7 +138,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from .evaluate import PROTOCOLS, evaluate, format_report
     protocols = list(PROTOCOLS) if args.protocol == "all" else [p.strip() for p in args.protocol.split(",")]
-    report = evaluate(args.weights, args.data, protocols, args.scales, args.limit, args.batch_size, args.precision)
+    report = evaluate(args.weights, args.data, protocols, args.scales, args.limit, args.batch_size, args.precision,
+                      args.compile)
     print(format_report(report, args.format))
     return 0
 
@@ -167,6 +171,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument("--precision", choices=["fp32", "bf16"],
                    help="scoring numerics, BN folded (default: bf16 where the CPU has it)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the scoring net: for large folders (a compilation per batch size)")
     p.add_argument("--cam", metavar="OUT", help="Grad-CAM heat map PNG (a folder of PNGs for a folder of images)")
     p.add_argument("--cam-layer", help="conv layer for Grad-CAM (default: the last conv)")
     p.set_defaults(func=_run_predict)
@@ -180,7 +186,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from .weights import load_weights
     from .train import bf16_supported
     precision = args.precision or ("bf16" if bf16_supported() else "fp32")
-    results = predict(args.target, args.weights, args.topk, args.batch_size, precision)
+    results = predict(args.target, args.weights, args.topk, args.batch_size, precision, args.compile)
     print(format_predictions(results, args.format))
     if args.cam:
         model = EvalModel(*load_weights(args.weights))      # loaded once for every heat map

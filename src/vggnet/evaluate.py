@@ -76,13 +76,16 @@ class EvalModel:
         assert self._nets is not None
         return self._nets
 
-    def use_precision(self, precision: str, calibration: torch.Tensor | None = None) -> "EvalModel":
+    def use_precision(self, precision: str, calibration: torch.Tensor | None = None,
+                      compile: bool = False) -> "EvalModel":
         """Score in fp32, bf16 or int8 (BN folded in each case); int8 fixes its activation
-        ranges on ``calibration``, uint8 images at the crop size (see :func:`calibration_images`)."""
+        ranges on ``calibration``, uint8 images at the crop size (see :func:`calibration_images`);
+        ``compile`` torch.compiles both scoring nets (see :class:`InferenceNet`)."""
         if precision == "int8" and calibration is None:
             raise ValueError("int8 needs calibration images")
         batches = [self.prepare(c) for c in calibration.split(64)] if calibration is not None else []
-        self._nets = (InferenceNet(self.model, precision, batches), InferenceNet(self.dense, precision, batches))
+        self._nets = (InferenceNet(self.model, precision, batches, compile),
+                      InferenceNet(self.dense, precision, batches, compile))
         self.precision = precision
         return self
 
@@ -232,9 +235,9 @@ def calibration_images(data: Path, m: EvalModel, n: int = 256) -> torch.Tensor:
 
 def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] | None = None,
              scales: list[int] | None = None, limit: int = 0, batch_size: int = 50,
-             precision: str = "fp32") -> dict:
+             precision: str = "fp32", compile: bool = False) -> dict:
     """Top-1/top-5 error of one model or an ensemble (posteriors averaged, Table 6), scored
-    in fp32, bf16 or int8."""
+    in fp32, bf16 or int8, eager or torch.compiled."""
     protocols = list(protocols or ["single"])
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad:
@@ -243,7 +246,7 @@ def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] |
         raise ValueError("give at least one --weights file")
     models = [EvalModel(*load_weights(w)) for w in weights]
     for m in models:
-        m.use_precision(precision, calibration_images(Path(data), m) if precision == "int8" else None)
+        m.use_precision(precision, calibration_images(Path(data), m) if precision == "int8" else None, compile)
     first = models[0].meta
     for w, m in zip(weights, models):
         if m.meta["num_classes"] != first["num_classes"]:
@@ -270,7 +273,8 @@ def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] |
         top1, top5 = topk_errors(torch.cat(sums[p]), y)
         rows.append({"protocol": p, "scales": _scales_text(models[0], p, scales), "top1_error": top1,
                      "top5_error": top5, "images": len(y), "paper": PAPER_TABLE[p]})
-    return {"weights": [str(w) for w in weights], "data": str(data), "precision": precision, "rows": rows,
+    return {"weights": [str(w) for w in weights], "data": str(data), "precision": precision,
+            "compiled": compile, "rows": rows,
             "seconds_per_image": seconds / max(len(y), 1)}
 
 
@@ -288,6 +292,7 @@ def format_report(report: dict, fmt: str = "table") -> str:
     for r in report["rows"]:
         lines.append(f"| {r['protocol']} | {r['scales']} | {100 * r['top1_error']:.2f} | "
                      f"{100 * r['top5_error']:.2f} | {r['images']} | {r['paper']} |")
-    lines.append(f"\n{len(report['weights'])} model(s); {report['seconds_per_image'] * 1000:.1f} ms per image "
-                 "for all protocols")
+    mode = f"{report['precision']}{', compiled' if report.get('compiled') else ''}"
+    lines.append(f"\n{len(report['weights'])} model(s), {mode}; {report['seconds_per_image'] * 1000:.1f} ms "
+                 "per image for all protocols (compilation included)")
     return "\n".join(lines)

@@ -43,12 +43,17 @@ def quantize_int8(model: VGG, calibration: Iterable[torch.Tensor]) -> VGG:
 
 
 class InferenceNet(nn.Module):
-    """A trained VGG ready to score prepared fp32 inputs at a precision; returns fp32 logits."""
+    """A trained VGG ready to score prepared fp32 inputs at a precision; returns fp32 logits.
+    ``compile``: torch.compile the scoring net (fp32/bf16; one compilation per input shape,
+    worth it for long evaluations: BENCHMARKS.md section 13)."""
 
-    def __init__(self, model: VGG, precision: str = "fp32", calibration: Iterable[torch.Tensor] = ()) -> None:
+    def __init__(self, model: VGG, precision: str = "fp32", calibration: Iterable[torch.Tensor] = (),
+                 compile: bool = False) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        if compile and precision == "int8":
+            raise ValueError("compile works with fp32 or bf16, not int8 (FX-quantized modules)")
         self.precision = precision
         if precision == "int8":
             self.net = quantize_int8(model, calibration)
@@ -58,6 +63,9 @@ class InferenceNet(nn.Module):
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
             self.net = fold_batchnorm(model).to(dtype=dtype, memory_format=torch.channels_last)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.compiled = compile
+        if compile:   # static shapes: each input size gets its own specialised kernels
+            self.net = torch.compile(self.net, dynamic=False)
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

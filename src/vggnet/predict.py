@@ -39,12 +39,13 @@ def class_names(meta: dict) -> list[str]:
 
 @torch.no_grad()
 def predict(target: str | Path, weights: str | Path, topk: int = 5, batch_size: int = 32,
-            precision: str = "fp32") -> list[dict]:
+            precision: str = "fp32", compile: bool = False) -> list[dict]:
     """[{"path", "top": [{"index", "class", "probability"}, ...]} or {"path", "error"}] per image,
-    scored in fp32 or bf16 (int8 needs calibration data: ``vggnet eval --precision int8``)."""
+    scored in fp32 or bf16 (int8 needs calibration data: ``vggnet eval --precision int8``),
+    eager or torch.compiled."""
     if precision == "int8":
         raise ValueError("predict runs in fp32 or bf16; int8 needs calibration images (vggnet eval --precision int8)")
-    m = EvalModel(*load_weights(weights)).use_precision(precision)
+    m = EvalModel(*load_weights(weights)).use_precision(precision, compile=compile)
     names, (q, _) = class_names(m.meta), m.scales()
     k = max(1, min(topk, len(names)))
     results: list[dict] = []
