@@ -105,3 +105,22 @@ def test_each_restart_attempt_sees_its_own_keys(monkeypatch):
     monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
     monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE")   # not under torchrun's shared store
     assert _attempt_store(0, 1) is None
+
+
+def test_failed_set_up_leaves_the_process_group(monkeypatch, tmp_path):
+    """A rank whose Trainer fails to build (here: no data) must not exit inside the group."""
+    import torch.distributed as dist
+
+    from vggnet import train as train_module
+    from vggnet.data import DataError
+    from vggnet.distributed import World
+    store = dist.HashStore()
+
+    def joined(threads: int = 0) -> World:
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        return World(owns_group=True)
+    monkeypatch.setattr(train_module, "setup", joined)
+    settings = train_module.RunSettings(config="A", data=str(tmp_path / "missing"), out=str(tmp_path / "run"))
+    with pytest.raises(DataError, match="missing"):
+        train_module.train(settings)
+    assert not dist.is_initialized()

@@ -102,6 +102,15 @@ class Trainer:
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self.world: World = setup(settings.threads)
+        try:
+            self._prepare(resume)
+        except BaseException:   # a bad --data or --out: leave the process group before the error
+            teardown(self.world)
+            raise
+
+    def _prepare(self, resume: bool) -> None:
+        """Run folder, seeds, data, model and optimizer; the last checkpoint when resuming."""
+        settings = self.s
         self._check_out_dir()
         restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"   # torchrun brought us back
         resume = resume or (restarted and (self.out / "last.safetensors").is_file())
