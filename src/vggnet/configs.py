@@ -145,10 +145,11 @@ RECIPES: dict[str, Recipe] = {
     # "fast" for nets without BN (the Keras tutorial's VGG-16): without BN's rescaling a
     # peak lr of 0.1 diverges and torchvision's N(0, 0.01) FC layers leave the loss at
     # ln 10 for hundreds of steps; He init of fc6/fc7, half the lr and the paper's dropout.
+    # 50 epochs with Cutout 8: 89.22 % test against 88.56 % in 40 without (BENCHMARKS 9).
     "fast-plain": Recipe(name="fast-plain", lr=0.05, nesterov=True, weight_decay=5e-4,
                          decay_norm_and_bias=False, schedule="onecycle", warmup_epochs=2.0,
-                         epochs=40, batch_size=256, label_smoothing=0.1, dropout=0.5,
-                         init="he"),
+                         epochs=50, batch_size=256, label_smoothing=0.1, dropout=0.5,
+                         init="he", cutout=8),
 }
 
 
