@@ -129,8 +129,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="scoring numerics, BN folded: fp32 (default), bf16, or int8 calibrated on "
                         "256 images of DATA/train (else of DATA)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the scoring nets (fp32/bf16): faster on long runs, after a "
-                        "compilation per input size")
+                   help="torch.compile the scoring nets (fp32/bf16): a compilation per input shape, "
+                        "so it pays only for many batches of one shape")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=_run_eval)
 
@@ -172,7 +172,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"],
                    help="scoring numerics, BN folded (default: bf16 where the CPU has it)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the scoring net: for large folders (a compilation per batch size)")
+                   help="torch.compile the scoring net: a compilation per batch size, for large folders")
     p.add_argument("--cam", metavar="OUT", help="Grad-CAM heat map PNG (a folder of PNGs for a folder of images)")
     p.add_argument("--cam-layer", help="conv layer for Grad-CAM (default: the last conv)")
     p.set_defaults(func=_run_predict)
