@@ -172,3 +172,38 @@ def test_fresh_run_refuses_to_overwrite_a_checkpoint(dataset, tmp_path):
         Trainer(tiny(dataset, tmp_path / "run", epochs=2))
     assert (tmp_path / "run" / "last.safetensors").read_bytes() == before
     assert train(tiny(dataset, tmp_path / "run", epochs=2), resume=True)["epochs"] == 2
+
+
+
+def ema_run(dataset: Path, out: Path, decay: float = 0.8, epochs: int = 2, **kw) -> RunSettings:
+    settings = tiny(dataset, out, epochs=epochs, **kw)
+    settings.recipe = settings.recipe.replace(ema=decay)
+    return settings
+
+
+def test_moving_average_follows_its_formula(dataset, tmp_path):
+    for steps in (1, 2):
+        train(ema_run(dataset, tmp_path / f"s{steps}", decay=0.9, epochs=1, stop_after_steps=steps))
+    one, _ = read_checkpoint(tmp_path / "s1" / "last.safetensors")
+    two, _ = read_checkpoint(tmp_path / "s2" / "last.safetensors")
+    assert one["ema"]["n_averaged"].item() == 1 and two["ema"]["n_averaged"].item() == 2
+    key = "features.0.weight"
+    assert torch.equal(one["model"][key], one["train"][key])   # the first update copies the weights
+    torch.testing.assert_close(two["model"][key], 0.9 * one["train"][key] + 0.1 * two["train"][key])
+    assert not torch.equal(two["model"][key], two["train"][key])
+
+
+def test_moving_average_run_resumes_exactly_and_reports_both(dataset, tmp_path):
+    result = train(ema_run(dataset, tmp_path / "full"))
+    assert 0.0 <= result["final_test_acc_without_ema"] <= 1.0 and "final_test_acc" in result
+    assert train(ema_run(dataset, tmp_path / "cut", stop_after_steps=11))["stopped"]
+    train(ema_run(dataset, tmp_path / "cut"), resume=True)
+    full, _ = read_checkpoint(tmp_path / "full" / "last.safetensors")
+    cut, _ = read_checkpoint(tmp_path / "cut" / "last.safetensors")
+    for group in ("model", "train", "ema"):
+        for key in full[group]:
+            assert torch.equal(full[group][key], cut[group][key]), (group, key)
+    with pytest.raises(ValueError, match="with a moving average .*resume it with the recipe"):
+        Trainer(tiny(dataset, tmp_path / "full", epochs=3), resume=True)
+    with pytest.raises(ValueError, match=r"ema \(--ema\) must be a decay in \[0, 1\)"):
+        Trainer(ema_run(dataset, tmp_path / "bad", decay=1.5))

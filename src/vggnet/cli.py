@@ -36,6 +36,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dropout", type=float, help="override the recipe's dropout of the first two FC layers")
     p.add_argument("--cutout", type=int, metavar="PX",
                    help="override the recipe's Cutout: a PX x PX square set to the mean colour (0: off)")
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="evaluate and save a moving average of the weights, updated each step with this decay "
+                        "(e.g. 0.999; 0: off)")
     p.add_argument("--micro-batch", type=int, help="accumulate gradients over micro-batches of this size")
     p.add_argument("--init-from", metavar="CHECKPOINT",
                    help="warm start (3.1): from a net A checkpoint (first four convs, three FC) or the same net")
@@ -73,7 +76,7 @@ def _run_train(args: argparse.Namespace) -> int:
                                    "precision": args.precision, "train_scale": scale, "crop_size": args.crop_size,
                                    "lighting": args.lighting, "micro_batch": args.micro_batch,
                                    "label_smoothing": args.label_smoothing, "dropout": args.dropout,
-                                   "cutout": args.cutout}.items()
+                                   "cutout": args.cutout, "ema": args.ema}.items()
                  if v is not None}
     default_bn = True if args.config.upper() == "D" and args.batch_norm is None else args.batch_norm
     uses_bn = resolve_config(args.config, default_bn)[1]

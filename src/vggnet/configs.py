@@ -125,6 +125,7 @@ class Recipe:
     lighting: float = 0.0             # std of the PCA colour shift multiples (AlexNet, 3.1: 0.1); 0: off
     micro_batch: int = 0              # gradient accumulation: micro-batches of this size (0: off)
     tta_flip: bool = True             # average logits over the image and its mirror at eval
+    ema: float = 0.0                  # per-step decay of a moving average of the weights that evaluation uses (0: off)
     precision: str = "bf16"           # "bf16" autocast (where the CPU supports it) or "fp32"
 
     def replace(self, **changes: object) -> "Recipe":

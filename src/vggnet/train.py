@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open, save_file
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .configs import Recipe, get_recipe
@@ -171,6 +172,10 @@ class Trainer:
             convert_sync_batchnorm(self.model, cuda=self.world.device.startswith("cuda"))
         self.model = self.model.to(self.world.device, memory_format=torch.channels_last)
         self.net: torch.nn.Module = self.model    # what the step runs: the model, or DDP around it
+        if not 0.0 <= self.r.ema < 1.0:
+            raise ValueError(f"ema (--ema) must be a decay in [0, 1), 0 for off; got {self.r.ema}")
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.r.ema), use_buffers=True)
+                    if self.r.ema else None)
         if self.world.size > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
         self.opt = torch.optim.SGD(param_groups(self.model, self.r.weight_decay, self.r.decay_norm_and_bias),
@@ -185,6 +190,12 @@ class Trainer:
             probe.unlink()
         except OSError as exc:
             raise ValueError(f"output folder {self.out} is not writable: {exc.strerror or exc}") from None
+
+    @property
+    def eval_model(self) -> VGG:
+        """What validation, test and the checkpoints' ``model.`` weights use: the moving
+        average of the weights when the recipe keeps one, else the trained weights."""
+        return self.ema.module if self.ema is not None else self.model
 
     # ---- one step, one epoch -------------------------------------------------
     def statistics_sample(self, n: int = 2000) -> torch.Tensor:
@@ -284,6 +295,8 @@ class Trainer:
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch + 1}, step {i + 1}, "
                                          f"lr {self.lr:.3g}; the last good checkpoint is {self.out / 'last.safetensors'}")
             self.opt.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             self.step, self.steps_this_process, self.batch_in_epoch = self.step + 1, self.steps_this_process + 1, i + 1
             p["loss_sum"] += loss.item() * len(y)
             p["correct"] += (logits.argmax(1) == y).sum().item()
@@ -306,15 +319,15 @@ class Trainer:
     @torch.no_grad()
     def predict(self, data: Data, batch_size: int = 500) -> torch.Tensor:
         """Logits for a whole data set; with the recipe's tta_flip, averaged with the mirror image."""
-        self.model.eval()
+        model = self.eval_model.eval()
         out = []
         mine = torch.arange(len(data))[shard(len(data), self.world)]   # each rank scores its part
         for images, _ in self.batches(data, mine, batch_size, split=False):
             x = self.prepare_eval(images)
             with autocast(self.r.precision):
-                logits = self.model(x).float()
+                logits = model(x).float()
                 if self.r.tta_flip:
-                    logits = (logits + self.model(x.flip(-1)).float()) / 2
+                    logits = (logits + model(x.flip(-1)).float()) / 2
             out.append(logits)
         return gather(torch.cat(out), self.world)
 
@@ -371,13 +384,18 @@ class Trainer:
         self.stop_requested = True
 
     def report(self) -> dict:
-        """Final test accuracy of the last and the best-validation weights; plots and per-class results."""
+        """Final test accuracy of the last and the best-validation weights (the moving averages
+        when the recipe keeps one, and then also the last trained weights); plots and per-class results."""
         from .plots import plot_confusion, plot_curves
         final_logits = self.predict(self.test)
         result = {"final_test_acc": accuracy(final_logits, self.test.labels), "epochs": self.epoch}
+        if self.ema is not None:
+            ema, self.ema = self.ema, None
+            result["final_test_acc_without_ema"] = accuracy(self.predict(self.test), self.test.labels)
+            self.ema = ema
         best = self.out / "best.safetensors"
         if best.is_file():
-            self.model.load_state_dict(read_checkpoint(best)[0]["model"])
+            self.eval_model.load_state_dict(read_checkpoint(best)[0]["model"])
             best_logits = self.predict(self.test)
             result["best_val_test_acc"] = accuracy(best_logits, self.test.labels)
             result["best_val_acc"] = self.best_val
@@ -406,7 +424,12 @@ class Trainer:
         (self.out / "run.json").write_text(json.dumps({"settings": settings, "model": self.metadata()}, indent=2))
 
     def save_checkpoint(self, path: Path) -> None:
-        tensors = {f"model.{k}": v.contiguous() for k, v in self.model.state_dict().items()}
+        """``model.``: the weights evaluation uses (what eval, predict and export read);
+        with a moving average, ``train.`` holds the trained weights that resuming needs."""
+        tensors = {f"model.{k}": v.contiguous() for k, v in self.eval_model.state_dict().items()}
+        if self.ema is not None:
+            tensors.update({f"train.{k}": v.contiguous() for k, v in self.model.state_dict().items()})
+            tensors["ema.n_averaged"] = self.ema.n_averaged
         for i, p in enumerate(p for g in self.opt.param_groups for p in g["params"]):
             buf = self.opt.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
@@ -430,7 +453,13 @@ class Trainer:
         if (m["config"], m["batch_norm"], m["num_classes"]) != (self.model.config, self.model.batch_norm, self.model.num_classes):
             raise ValueError(f"{path}: checkpoint is config {m['config']} bn={m['batch_norm']} with {m['num_classes']} "
                              f"classes, the run wants {self.model.config} bn={self.model.batch_norm} with {self.model.num_classes}")
-        self.model.load_state_dict(groups["model"])
+        if (self.ema is not None) != ("train" in groups):
+            raise ValueError(f"{path}: checkpoint was trained {'with' if 'train' in groups else 'without'} a moving "
+                             f"average of the weights (ema); resume it with the recipe it was started with")
+        self.model.load_state_dict(groups["train" if self.ema is not None else "model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(groups["model"])
+            self.ema.n_averaged.copy_(groups["ema"]["n_averaged"])
         params = [p for g in self.opt.param_groups for p in g["params"]]
         for key, buf in groups.get("optim", {}).items():
             self.opt.state[params[int(key)]]["momentum_buffer"] = buf.clone()
