@@ -92,6 +92,8 @@ def test_evaluate_every_protocol_and_ensemble(tmp_path):
     compiled = evaluate(weights[:1], data, ["single"], compile=True)   # the user's path, torch.compiled
     assert compiled["compiled"] and compiled["rows"][0]["top1_error"] == one["rows"][0]["top1_error"]
     assert "fp32, compiled" in format_report(compiled)
+    with pytest.raises(ValueError, match="--compile works with --precision fp32 or bf16"):   # before any file is read
+        evaluate([tmp_path / "missing.safetensors"], tmp_path / "no-data", precision="int8", compile=True)
 
 
 def test_labels_map_to_the_models_classes(tmp_path):

@@ -244,6 +244,8 @@ def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] |
         raise ValueError(f"unknown protocol {bad[0]!r}; valid: {', '.join(PROTOCOLS)}")
     if not weights:
         raise ValueError("give at least one --weights file")
+    if compile and precision == "int8":   # before the weights and calibration images are read
+        raise ValueError("--compile works with --precision fp32 or bf16, not int8 (FX-quantized modules)")
     models = [EvalModel(*load_weights(w)) for w in weights]
     for m in models:
         m.use_precision(precision, calibration_images(Path(data), m) if precision == "int8" else None, compile)

@@ -45,7 +45,9 @@ def quantize_int8(model: VGG, calibration: Iterable[torch.Tensor]) -> VGG:
 class InferenceNet(nn.Module):
     """A trained VGG ready to score prepared fp32 inputs at a precision; returns fp32 logits.
     ``compile``: torch.compile the scoring net (fp32/bf16; one compilation per input shape:
-    faster for one fixed shape, slower on varied shapes, BENCHMARKS.md sections 13-14)."""
+    faster for one fixed shape, slower on varied shapes, BENCHMARKS.md sections 13-14).
+    In fp32 without BN there is nothing to fold or cast, so ``model`` itself is scored, put
+    in eval mode and channels-last, not copied (a second VGG-16 is 550 MB)."""
 
     def __init__(self, model: VGG, precision: str = "fp32", calibration: Iterable[torch.Tensor] = (),
                  compile: bool = False) -> None:
