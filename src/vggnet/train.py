@@ -317,9 +317,10 @@ class Trainer:
                 "train_time_s": elapsed, "data_time_s": data_time, "images_per_s": seen_here / elapsed, "lr": self.lr}
 
     @torch.no_grad()
-    def predict(self, data: Data, batch_size: int = 500) -> torch.Tensor:
-        """Logits for a whole data set; with the recipe's tta_flip, averaged with the mirror image."""
-        model = self.eval_model.eval()
+    def predict(self, data: Data, batch_size: int = 500, model: VGG | None = None) -> torch.Tensor:
+        """Logits of ``model`` (default: :attr:`eval_model`) for a whole data set; with the
+        recipe's tta_flip, averaged with the mirror image."""
+        model = (model or self.eval_model).eval()
         out = []
         mine = torch.arange(len(data))[shard(len(data), self.world)]   # each rank scores its part
         for images, _ in self.batches(data, mine, batch_size, split=False):
@@ -390,9 +391,7 @@ class Trainer:
         final_logits = self.predict(self.test)
         result = {"final_test_acc": accuracy(final_logits, self.test.labels), "epochs": self.epoch}
         if self.ema is not None:
-            ema, self.ema = self.ema, None
-            result["final_test_acc_without_ema"] = accuracy(self.predict(self.test), self.test.labels)
-            self.ema = ema
+            result["final_test_acc_without_ema"] = accuracy(self.predict(self.test, model=self.model), self.test.labels)
         best = self.out / "best.safetensors"
         if best.is_file():
             self.eval_model.load_state_dict(read_checkpoint(best)[0]["model"])
