@@ -73,6 +73,10 @@ def test_resume_refuses_other_model(dataset, tmp_path):
         Trainer(settings, resume=True)
     with pytest.raises(ValueError, match="no checkpoint"):
         Trainer(tiny(dataset, tmp_path / "empty"), resume=True)
+    with pytest.raises(ValueError, match=r"another recipe \(lr 0.05 -> 0.2\); resume it with"):
+        settings = tiny(dataset, tmp_path / "r", epochs=5)
+        settings.recipe = settings.recipe.replace(lr=0.2)
+        Trainer(settings, resume=True)
 
 
 def test_unwritable_output_fails_before_training(dataset, tmp_path):

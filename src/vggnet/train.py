@@ -455,6 +455,10 @@ class Trainer:
         if (self.ema is not None) != ("train" in groups):
             raise ValueError(f"{path}: checkpoint was trained {'with' if 'train' in groups else 'without'} a moving "
                              f"average of the weights (ema); resume it with the recipe it was started with")
+        changed = recipe_changes(m.get("recipe", {}), self.r)
+        if changed:
+            raise ValueError(f"{path}: the run was started with another recipe ({changed}); resume it with the "
+                             "options it was started with (see its run.json), or train into a new --out")
         self.model.load_state_dict(groups["train" if self.ema is not None else "model"])
         if self.ema is not None:
             self.ema.module.load_state_dict(groups["model"])
@@ -469,6 +473,14 @@ class Trainer:
         self.best_val, self.stale = st["best_val"], st["stale"]
         self.perm = groups.get("epoch", {}).get("perm")
         self.batch_in_epoch, self.partial = st["batch_in_epoch"], st["partial"]
+
+
+def recipe_changes(saved: dict, recipe: Recipe) -> str:
+    """``name saved -> now`` for each recipe field a resumed run would change, but ``epochs``
+    (a finished run may be continued for more); fields older checkpoints lack are not compared."""
+    now = json.loads(json.dumps(dataclasses.asdict(recipe)))   # tuples as lists, like the saved JSON
+    return ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in now
+                     if k in saved and k != "epochs" and saved[k] != now[k])
 
 
 def forward_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, micro_batch: int,
