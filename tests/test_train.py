@@ -77,6 +77,9 @@ def test_resume_refuses_other_model(dataset, tmp_path):
         settings = tiny(dataset, tmp_path / "r", epochs=5)
         settings.recipe = settings.recipe.replace(lr=0.2)
         Trainer(settings, resume=True)
+    train(tiny(dataset, tmp_path / "three", epochs=3, stop_after_steps=2))
+    with pytest.raises(ValueError, match=r"another recipe \(epochs 3 -> 2\)"):   # a forgotten --epochs
+        Trainer(tiny(dataset, tmp_path / "three", epochs=2), resume=True)
 
 
 def test_unwritable_output_fails_before_training(dataset, tmp_path):

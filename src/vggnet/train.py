@@ -476,11 +476,11 @@ class Trainer:
 
 
 def recipe_changes(saved: dict, recipe: Recipe) -> str:
-    """``name saved -> now`` for each recipe field a resumed run would change, but ``epochs``
-    (a finished run may be continued for more); fields older checkpoints lack are not compared."""
+    """``name saved -> now`` for each recipe field a resumed run would change, but a larger
+    ``epochs`` (a finished run may be continued); fields older checkpoints lack are not compared."""
     now = json.loads(json.dumps(dataclasses.asdict(recipe)))   # tuples as lists, like the saved JSON
-    return ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in now
-                     if k in saved and k != "epochs" and saved[k] != now[k])
+    return ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in now if k in saved and saved[k] != now[k]
+                     and not (k == "epochs" and now[k] > saved[k]))
 
 
 def forward_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, micro_batch: int,
