@@ -15,6 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from throughput import add_step_arguments, ours_train_step
 from vggnet import build_model
+from vggnet.train import reuse_freed_memory
 
 KINDS = [("conv backward", ("convolution_backward",)), ("conv forward", ("mkldnn_convolution", "onednn_convolution", "_convolution")),
          ("linear", ("addmm", "mm")), ("batchnorm", ("batch_norm",)), ("relu", ("relu", "threshold")),
@@ -32,6 +33,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     args = p.parse_args()
     torch.set_flush_denormal(True)
+    reuse_freed_memory()   # as `vggnet train` sets it
     model = build_model(args.config, batch_norm=args.batch_norm, num_classes=10,
                         head="cifar" if args.size < 224 else "paper").to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)

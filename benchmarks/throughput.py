@@ -26,7 +26,7 @@ import torchvision
 from vggnet import build_model
 from vggnet.inference import InferenceNet
 from vggnet.summary import summarize, totals
-from vggnet.train import forward_backward
+from vggnet.train import forward_backward, reuse_freed_memory
 
 TV_NAMES = {("A", False): "vgg11", ("A", True): "vgg11_bn", ("B", False): "vgg13", ("B", True): "vgg13_bn",
             ("D", False): "vgg16", ("D", True): "vgg16_bn", ("E", False): "vgg19", ("E", True): "vgg19_bn"}
@@ -89,8 +89,12 @@ def main() -> None:
     p.add_argument("--width", type=float, default=1.0, help="our model's channel multiplier (1.0: the paper's)")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--malloc", choices=["reuse", "default"], default="reuse",
+                   help="reuse: glibc keeps freed buffers, as `vggnet` sets it (process-wide, so torchvision's loop "
+                        "gets it too); default: glibc's defaults for both")
     args = p.parse_args()
     torch.set_flush_denormal(True)
+    malloc_reuse = args.malloc == "reuse" and reuse_freed_memory()
     head = "cifar" if args.size < 224 else "paper"
     ours = build_model(args.config, batch_norm=args.batch_norm, num_classes=args.classes, head=head,
                        dropout=0.0, width=args.width).to(memory_format=torch.channels_last)
@@ -139,7 +143,7 @@ def main() -> None:
     print(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "mode": args.mode, "config": args.config,
-        "precision": args.precision, "compiled": args.compile, "width": args.width,
+        "precision": args.precision, "compiled": args.compile, "malloc_reuse": malloc_reuse, "width": args.width,
         "batch_norm": args.batch_norm, "size": args.size, "batch": args.batch,
         "ours_img_s": round(o_ips, 1), "torchvision_fp32_img_s": _num(t_ips, 1), "ratio": _num(o_ips / t_ips, 2),
         "ours_gflops": round(o_ips * flops_per_image / 1e9, 1), "bf16_gemm_peak_gflops": round(peak_bf16 / 1e9, 1),
