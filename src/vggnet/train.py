@@ -80,7 +80,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameters (mall
 def reuse_freed_memory() -> bool:
     """Have glibc's malloc keep freed blocks of up to 32 MiB (its largest mmap threshold) for
     reuse instead of returning them to the OS: by default every training step page-faults
-    its activations in afresh (VGG-16-BN, 32 px, batch 128: ~50,000 faults, ~10 % of the
+    its activations in afresh (VGG-16-BN, 32 px, batch 128: ~54,000 faults, ~13 % of the
     step; BENCHMARKS 16). Process-wide; False where the C library is not glibc."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
