@@ -237,6 +237,8 @@ def test_freed_buffers_are_reused_without_page_faults():
         out = subprocess.run([sys.executable, "-c", PAGE_FAULTS, mode], capture_output=True, text=True, check=True)
         tuned, n = out.stdout.split()
         return tuned, int(n)
-    assert faults("default")[1] > 4000         # glibc returns the 32 MiB to the OS: ~8,192 4-KiB pages again per step
+    # glibc's default returns the 32 MiB to the OS: ~8,192 4-KiB pages again per step. In about
+    # one run of three, something allocated above them pins the heap top (~200 faults): any of 5.
+    assert any(faults("default")[1] > 4000 for _ in range(5))
     tuned, n = faults("tuned")
-    assert tuned == "True" and n < 100
+    assert tuned == "True" and n < 1000      # 0 in most runs, ~200 in some: never a step's 8,192 pages
