@@ -53,16 +53,24 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_same_seed_same_result_and_exact_resume(dataset, tmp_path):
     train(tiny(dataset, tmp_path / "full", epochs=2))
-    stopped = train(tiny(dataset, tmp_path / "cut", epochs=2, stop_after_steps=11))   # mid-epoch 2 of 8 steps each
+    stopped = train(tiny(dataset, tmp_path / "cut", epochs=2, stop_after_steps=11))   # mid-epoch 2 of 7 steps each
     assert stopped == {"stopped": True, "epoch": 1, "step": 11}
+    before_stop = read_checkpoint(tmp_path / "cut" / "last.safetensors")[1]["state"]["partial"]
+    assert before_stop["seen"] == 4 * 16 and before_stop["time_s"] > 0      # steps 8-11: 4 of epoch 2
     train(tiny(dataset, tmp_path / "cut", epochs=2), resume=True)
     again = train(tiny(dataset, tmp_path / "again", epochs=2))
     full, cut = weights(tmp_path / "full" / "last.safetensors"), weights(tmp_path / "cut" / "last.safetensors")
     for key in full:
         assert torch.equal(full[key], cut[key]), key
         assert torch.equal(full[key], weights(tmp_path / "again" / "last.safetensors")[key])
-    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    # the interrupted epoch reports the whole epoch: loss and accuracy as uninterrupted, its time before the stop too
+    full_rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[1]["train_loss"] == pytest.approx(full_rows[1]["train_loss"], rel=1e-6)
+    assert rows[1]["train_acc"] == full_rows[1]["train_acc"]
+    assert rows[1]["train_time_s"] > before_stop["time_s"]
+    assert rows[1]["images_per_s"] == pytest.approx(7 * 16 / rows[1]["train_time_s"])   # 120 train images, 7 full batches
 
 
 def test_resume_refuses_other_model(dataset, tmp_path):

@@ -286,8 +286,8 @@ class Trainer:
         if self.perm is None:
             self.perm, self.batch_in_epoch = torch.randperm(len(self.train), generator=self.gen), 0
             self.partial = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0}
-        p = self.partial
-        start, data_time, seen_here = time.perf_counter(), 0.0, 0
+        p = self.partial     # the epoch so far, across a stop and --resume (its time too, for metrics.jsonl)
+        start, data_time, seen_here = time.perf_counter(), p.get("data_s", 0.0), 0
         fetched = start
         bar = tqdm(range(self.batch_in_epoch, self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{self.r.epochs}",
                    leave=False, disable=None if self.world.main else True, dynamic_ncols=True)
@@ -298,6 +298,7 @@ class Trainer:
         todo = self.perm[first * bs:self.steps_per_epoch * bs]
         for i, (images, y) in zip(bar, self.batches(self.train, todo, bs)):
             if self._should_stop():
+                p["time_s"], p["data_s"] = p.get("time_s", 0.0) + time.perf_counter() - start, data_time
                 return None
             x = self.augment(images)
             global_batch = min(bs, len(todo) - (i - first) * bs)
@@ -324,14 +325,13 @@ class Trainer:
                                 lr=f"{self.lr:.3g}", img_s=f"{seen_here / (time.perf_counter() - start):.0f}")
             fetched = time.perf_counter()
         self.perm = None
-        elapsed = time.perf_counter() - start
+        elapsed = p.get("time_s", 0.0) + time.perf_counter() - start
         if self.world.size > 1:   # the epoch's loss and accuracy over every rank's shard
             totals = torch.tensor([p["loss_sum"], p["correct"], p["seen"]], dtype=torch.float64)
             torch.distributed.all_reduce(totals)
             p = dict(zip(("loss_sum", "correct", "seen"), totals.tolist()))
-            seen_here *= self.world.size
         return {"train_loss": p["loss_sum"] / max(p["seen"], 1), "train_acc": p["correct"] / max(p["seen"], 1),
-                "train_time_s": elapsed, "data_time_s": data_time, "images_per_s": seen_here / elapsed, "lr": self.lr}
+                "train_time_s": elapsed, "data_time_s": data_time, "images_per_s": p["seen"] / elapsed, "lr": self.lr}
 
     @torch.no_grad()
     def predict(self, data: Data, batch_size: int = 500, model: VGG | None = None) -> torch.Tensor:
