@@ -73,6 +73,22 @@ def test_same_seed_same_result_and_exact_resume(dataset, tmp_path):
     assert rows[1]["images_per_s"] == pytest.approx(7 * 16 / rows[1]["train_time_s"])   # 120 train images, 7 full batches
 
 
+def test_resume_reads_checkpoint_without_epoch_time(dataset, tmp_path):
+    """A checkpoint written before the epoch's time was kept (no time_s/data_s) resumes to the same weights."""
+    train(tiny(dataset, tmp_path / "full", epochs=2))
+    train(tiny(dataset, tmp_path / "old", epochs=2, stop_after_steps=11))
+    path = tmp_path / "old" / "last.safetensors"
+    groups, meta = read_checkpoint(path)
+    for key in ("time_s", "data_s"):
+        del meta["state"]["partial"][key]
+    write_checkpoint(path, {f"{g}.{k}": v for g, d in groups.items() for k, v in d.items()}, meta)
+    train(tiny(dataset, tmp_path / "old", epochs=2), resume=True)
+    full, old = weights(tmp_path / "full" / "last.safetensors"), weights(path)
+    assert all(torch.equal(full[k], old[k]) for k in full)
+    rows = [json.loads(x) for x in (tmp_path / "old" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[1]["train_time_s"] > 0 and rows[1]["images_per_s"] == pytest.approx(7 * 16 / rows[1]["train_time_s"])
+
+
 def test_resume_refuses_other_model(dataset, tmp_path):
     train(tiny(dataset, tmp_path / "r", epochs=1))
     settings = tiny(dataset, tmp_path / "r", epochs=1)

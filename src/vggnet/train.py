@@ -145,7 +145,7 @@ class Trainer:
         self.epoch, self.step, self.lr, self.lr_cuts, self.best_val, self.stale = 0, 0, self.r.lr, 0, -1.0, 0
         self.perm: torch.Tensor | None = None       # this epoch's order; kept to resume mid-epoch
         self.batch_in_epoch = 0
-        self.partial = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0}
+        self.partial = fresh_partial()
         self.stop_requested, self.steps_this_process, self.started = False, 0, time.monotonic()
         if resume:
             self.load_checkpoint(self.out / "last.safetensors")
@@ -285,9 +285,9 @@ class Trainer:
         self.model.train()
         if self.perm is None:
             self.perm, self.batch_in_epoch = torch.randperm(len(self.train), generator=self.gen), 0
-            self.partial = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0}
+            self.partial = fresh_partial()
         p = self.partial     # the epoch so far, across a stop and --resume (its time too, for metrics.jsonl)
-        start, data_time, seen_here = time.perf_counter(), p.get("data_s", 0.0), 0
+        start, data_time, seen_here = time.perf_counter(), p["data_s"], 0
         fetched = start
         bar = tqdm(range(self.batch_in_epoch, self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{self.r.epochs}",
                    leave=False, disable=None if self.world.main else True, dynamic_ncols=True)
@@ -298,7 +298,7 @@ class Trainer:
         todo = self.perm[first * bs:self.steps_per_epoch * bs]
         for i, (images, y) in zip(bar, self.batches(self.train, todo, bs)):
             if self._should_stop():
-                p["time_s"], p["data_s"] = p.get("time_s", 0.0) + time.perf_counter() - start, data_time
+                p["time_s"], p["data_s"] = p["time_s"] + time.perf_counter() - start, data_time
                 return None
             x = self.augment(images)
             global_batch = min(bs, len(todo) - (i - first) * bs)
@@ -325,7 +325,7 @@ class Trainer:
                                 lr=f"{self.lr:.3g}", img_s=f"{seen_here / (time.perf_counter() - start):.0f}")
             fetched = time.perf_counter()
         self.perm = None
-        elapsed = p.get("time_s", 0.0) + time.perf_counter() - start
+        elapsed = p["time_s"] + time.perf_counter() - start
         if self.world.size > 1:   # the epoch's loss and accuracy over every rank's shard
             totals = torch.tensor([p["loss_sum"], p["correct"], p["seen"]], dtype=torch.float64)
             torch.distributed.all_reduce(totals)
@@ -489,7 +489,13 @@ class Trainer:
         self.epoch, self.step, self.lr, self.lr_cuts = st["epoch"], st["step"], st["lr"], st["lr_cuts"]
         self.best_val, self.stale = st["best_val"], st["stale"]
         self.perm = groups.get("epoch", {}).get("perm")
-        self.batch_in_epoch, self.partial = st["batch_in_epoch"], st["partial"]
+        self.batch_in_epoch, self.partial = st["batch_in_epoch"], {**fresh_partial(), **st["partial"]}
+
+
+def fresh_partial() -> dict[str, float]:
+    """An epoch's progress before its first step: loss, hits and images so far, and the
+    seconds spent (in all, and on data), kept in the checkpoint across a stop and --resume."""
+    return {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0, "time_s": 0.0, "data_s": 0.0}
 
 
 def recipe_changes(saved: dict, recipe: Recipe) -> str:
