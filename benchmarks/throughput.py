@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import torchvision
 
 from vggnet import build_model
-from vggnet.inference import InferenceNet
+from vggnet.inference import InferenceNet, bf16_supported
 from vggnet.summary import summarize, totals
 from vggnet.train import forward_backward, reuse_freed_memory
 
@@ -95,6 +95,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_flush_denormal(True)
     malloc_reuse = args.malloc == "reuse" and reuse_freed_memory()
+    # training's bf16 is autocast, off where the CPU lacks native bf16; inference casts the weights regardless
+    ran_bf16 = args.precision == "bf16" and (args.mode == "infer" or bf16_supported())
+    ran = "bf16" if ran_bf16 else ("fp32" if args.precision == "bf16" else args.precision)
     head = "cifar" if args.size < 224 else "paper"
     ours = build_model(args.config, batch_norm=args.batch_norm, num_classes=args.classes, head=head,
                        dropout=0.0, width=args.width).to(memory_format=torch.channels_last)
@@ -138,17 +141,20 @@ def main() -> None:
     macs = totals(summarize(args.config, batch_norm=args.batch_norm, input_size=(args.size, args.size), head=head,
                             num_classes=args.classes, width=args.width))["macs"]
     flops_per_image = 2 * macs * (3 if args.mode == "train" else 1)
-    peak_bf16, peak_fp32 = gemm_peak(torch.bfloat16), gemm_peak(torch.float32)
-    own_peak = peak_fp32 if args.precision == "fp32" else peak_bf16   # int8: against bf16, no int8 GEMM timed
+    # without native bf16 (an AVX2-only CPU) the bf16 GEMM is emulated, minutes long, and not a peak of anything
+    peak_bf16 = gemm_peak(torch.bfloat16) if bf16_supported() else float("nan")
+    peak_fp32 = gemm_peak(torch.float32)
+    own_peak = peak_bf16 if ran_bf16 or args.precision == "int8" else peak_fp32   # int8: against bf16, no int8 GEMM timed
     print(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "mode": args.mode, "config": args.config,
-        "precision": args.precision, "compiled": args.compile, "malloc_reuse": malloc_reuse, "width": args.width,
+        "precision": ran, "precision_asked": args.precision, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_native": bf16_supported(), "compiled": args.compile, "malloc_reuse": malloc_reuse, "width": args.width,
         "batch_norm": args.batch_norm, "size": args.size, "batch": args.batch,
         "ours_img_s": round(o_ips, 1), "torchvision_fp32_img_s": _num(t_ips, 1), "ratio": _num(o_ips / t_ips, 2),
-        "ours_gflops": round(o_ips * flops_per_image / 1e9, 1), "bf16_gemm_peak_gflops": round(peak_bf16 / 1e9, 1),
-        "fraction_of_bf16_peak": round(o_ips * flops_per_image / peak_bf16, 3),
-        "fraction_of_own_peak": round(o_ips * flops_per_image / own_peak, 3),
+        "ours_gflops": round(o_ips * flops_per_image / 1e9, 1), "bf16_gemm_peak_gflops": _num(peak_bf16 / 1e9, 1),
+        "fraction_of_bf16_peak": _num(o_ips * flops_per_image / peak_bf16, 3),
+        "fraction_of_own_peak": _num(o_ips * flops_per_image / own_peak, 3),
         "ours_peak_rss_gib": round(peak_rss, 2),
         "torchvision_fraction_of_fp32_peak": _num(t_ips * flops_per_image / peak_fp32, 3),
         "fp32_gemm_peak_gflops": round(peak_fp32 / 1e9, 1)}, indent=2))

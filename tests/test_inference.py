@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -60,3 +62,14 @@ def test_compiled_net_matches_eager_at_each_input_size(bn_model):
         torch.testing.assert_close(compiled(x), eager(x), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="not int8"):
         InferenceNet(bn_model, "int8", [torch.randn(4, 3, 32, 32)], compile=True)
+
+
+def test_bf16_warns_only_where_the_cpu_lacks_it(bn_model, monkeypatch):
+    monkeypatch.setattr("vggnet.inference.bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="bf16 on a CPU without native bf16 .* use fp32 here"):
+        InferenceNet(bn_model, "bf16")
+    monkeypatch.setattr("vggnet.inference.bf16_supported", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        InferenceNet(bn_model, "bf16")
+        InferenceNet(bn_model, "fp32")

@@ -37,6 +37,22 @@ def test_learns_a_learnable_task(dataset, tmp_path):
     assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"]["recipe"]["name"] == "fast"
 
 
+def test_bf16_without_cpu_support_trains_fp32_and_says_so(dataset, tmp_path, monkeypatch, capsys):
+    """On a CPU without native bf16 (an AVX2-only EPYC, say) the bf16 recipe runs, and equals, fp32."""
+    monkeypatch.setattr("vggnet.train.bf16_supported", lambda: False)
+    runs = {}
+    for precision in ("bf16", "fp32"):
+        settings = tiny(dataset, tmp_path / precision, epochs=1)
+        settings.recipe = settings.recipe.replace(precision=precision)
+        train(settings)
+        runs[precision] = weights(tmp_path / precision / "last.safetensors")
+    assert all(torch.equal(runs["bf16"][k], runs["fp32"][k]) for k in runs["fp32"])
+    assert capsys.readouterr().out.count("training in fp32") == 1
+    machine = json.loads((tmp_path / "bf16" / "run.json").read_text())["machine"]
+    assert machine["autocast_bf16"] is False and machine["threads"] == torch.get_num_threads()
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
 def test_paper_recipe_cuts_lr_on_plateau(dataset, tmp_path):
     trainer = Trainer(tiny(dataset, tmp_path / "p", epochs=10, recipe="paper"))
     trainer.after_epoch(0.5)

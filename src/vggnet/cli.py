@@ -187,7 +187,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from .evaluate import EvalModel
     from .predict import format_predictions, list_images, predict, save_cam
     from .weights import load_weights
-    from .train import bf16_supported
+    from .inference import bf16_supported
     precision = args.precision or ("bf16" if bf16_supported() else "fp32")
     results = predict(args.target, args.weights, args.topk, args.batch_size, precision, args.compile)
     print(format_predictions(results, args.format))

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from .configs import Recipe, get_recipe
 from .data import (StreamingImages, TensorData, center_crop, channel_stats, cutout, load_dataset, normalize,
                    pca_lighting, pca_lighting_stats, random_crop_flip, rescale, scale_jitter_crop, split_validation)
+from .inference import bf16_supported
 from .model import VGG, build_model
 from .distributed import World, barrier, convert_sync_batchnorm, gather, setup, shard, teardown
 from .weights import warm_start
@@ -66,12 +67,12 @@ class RunSettings:
     checkpoint_activations: bool = False # recompute conv activations in backward: less memory, ~1/3 more compute
 
 
-def bf16_supported() -> bool:
-    """True where the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+def machine() -> dict:
+    """What the numbers of a run depend on: CPU, torch's kernel level, threads, and whether
+    bf16 autocast really runs (a CPU without native bf16 trains in fp32 instead)."""
+    return {"arch": platform.machine(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "autocast_bf16": bf16_supported()}
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameters (malloc.h)
@@ -366,6 +367,9 @@ class Trainer:
     # ---- the run ----------------------------------------------------------------
     def fit(self) -> dict:
         self._write_run_json()
+        if self.r.precision == "bf16" and not bf16_supported() and self.world.main:
+            tqdm.write("bf16 autocast asked for, but this CPU has no native bf16 (AVX-512 BF16 or AMX): "
+                       "training in fp32 (run.json's machine.autocast_bf16 is false)")
         previous = _install_stop_handlers(self._on_signal)
         try:
             while not self.finished():
@@ -437,7 +441,8 @@ class Trainer:
         if not self.world.main:
             return
         settings = dataclasses.asdict(self.s)
-        (self.out / "run.json").write_text(json.dumps({"settings": settings, "model": self.metadata()}, indent=2))
+        (self.out / "run.json").write_text(json.dumps({"settings": settings, "model": self.metadata(),
+                                                       "machine": machine()}, indent=2))
 
     def save_checkpoint(self, path: Path) -> None:
         """``model.``: the weights evaluation uses (what eval, predict and export read);
