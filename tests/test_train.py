@@ -49,7 +49,7 @@ def test_bf16_without_cpu_support_trains_fp32_and_says_so(dataset, tmp_path, mon
     assert all(torch.equal(runs["bf16"][k], runs["fp32"][k]) for k in runs["fp32"])
     assert capsys.readouterr().out.count("training in fp32") == 1
     machine = json.loads((tmp_path / "bf16" / "run.json").read_text())["machine"]
-    assert machine["autocast_bf16"] is False and machine["threads"] == torch.get_num_threads()
+    assert machine["bf16_native"] is False and machine["threads"] == torch.get_num_threads()
     assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 

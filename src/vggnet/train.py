@@ -69,10 +69,10 @@ class RunSettings:
 
 def machine() -> dict:
     """What the numbers of a run depend on: CPU, torch's kernel level, threads, and whether
-    bf16 autocast really runs (a CPU without native bf16 trains in fp32 instead)."""
+    the CPU has native bf16 (without it, bf16 autocast is off and training runs in fp32)."""
     return {"arch": platform.machine(), "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-            "autocast_bf16": bf16_supported()}
+            "bf16_native": bf16_supported()}
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameters (malloc.h)
@@ -369,7 +369,7 @@ class Trainer:
         self._write_run_json()
         if self.r.precision == "bf16" and not bf16_supported() and self.world.main:
             tqdm.write("bf16 autocast asked for, but this CPU has no native bf16 (AVX-512 BF16 or AMX): "
-                       "training in fp32 (run.json's machine.autocast_bf16 is false)")
+                       "training in fp32 (run.json: machine.bf16_native is false)")
         previous = _install_stop_handlers(self._on_signal)
         try:
             while not self.finished():
