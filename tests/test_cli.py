@@ -26,6 +26,7 @@ def test_summary_cifar_input(capsys):
     (["summary", "--head", "dense", "--input", "100"], "at least 224 px"),
     (["train", "--recipe", "slow"], "unknown recipe 'slow'"),
     (["train", "--data", "/nonexistent/data"], "no data set found"),
+    (["train", "--budget", "90", "--epochs", "30"], "give --epochs or --budget, not both"),
 ])
 def test_bad_arguments_give_one_line(capsys, argv, message):
     assert main(argv) == 2

@@ -10,7 +10,7 @@ import torch
 
 from conftest import write_image_folder
 from vggnet.configs import get_recipe
-from vggnet.train import RunSettings, Trainer, read_checkpoint, train, write_checkpoint
+from vggnet.train import RunSettings, Trainer, budget_epochs, read_checkpoint, train, write_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,49 @@ def test_resume_reads_checkpoint_without_epoch_time(dataset, tmp_path):
     assert all(torch.equal(full[k], old[k]) for k in full)
     rows = [json.loads(x) for x in (tmp_path / "old" / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["train_time_s"] > 0 and rows[1]["images_per_s"] == pytest.approx(7 * 16 / rows[1]["train_time_s"])
+
+
+def budgeted(dataset: Path, out: Path, **kw) -> RunSettings:
+    """A tiny onecycle run whose warm-up covers epoch 1, so the budget changes nothing already done."""
+    settings = tiny(dataset, out, epochs=kw.pop("epochs", 50), **kw)
+    settings.recipe = settings.recipe.replace(warmup_epochs=1.0)
+    return settings
+
+
+def test_budget_sets_the_epochs_that_fit_and_equals_that_many_epochs(dataset, tmp_path):
+    result = train(budgeted(dataset, tmp_path / "budget", budget_min=0.03))
+    rows = [json.loads(x) for x in (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()]
+    epochs = budget_epochs(0.03, rows[0]["train_time_s"] + rows[0]["eval_time_s"])
+    assert result["epochs"] == epochs == len(rows)
+    assert json.loads((tmp_path / "budget" / "run.json").read_text())["settings"]["recipe"]["epochs"] == epochs
+    assert read_checkpoint(tmp_path / "budget" / "last.safetensors")[1]["model"]["recipe"]["epochs"] == epochs
+    train(budgeted(dataset, tmp_path / "fixed", epochs=epochs))
+    fixed, budget = weights(tmp_path / "fixed" / "last.safetensors"), weights(tmp_path / "budget" / "last.safetensors")
+    assert all(torch.equal(fixed[k], budget[k]) for k in fixed)
+
+
+def test_budget_run_resumes_with_the_epochs_it_chose(dataset, tmp_path):
+    stopped = train(budgeted(dataset, tmp_path / "b", budget_min=0.03, stop_after_steps=10))   # mid-epoch 2
+    chosen = read_checkpoint(tmp_path / "b" / "last.safetensors")[1]["model"]["recipe"]["epochs"]
+    if chosen < 2:
+        pytest.skip(f"this machine fits only {chosen} tiny epoch in 1.8 s")
+    assert stopped["stopped"] and stopped["epoch"] == 1
+    result = train(budgeted(dataset, tmp_path / "b"), resume=True)       # --resume alone: the budget is kept
+    assert result["epochs"] == chosen
+    train(budgeted(dataset, tmp_path / "fixed", epochs=chosen))
+    fixed, resumed = weights(tmp_path / "fixed" / "last.safetensors"), weights(tmp_path / "b" / "last.safetensors")
+    assert all(torch.equal(fixed[k], resumed[k]) for k in fixed)
+
+
+def test_budget_refused_where_it_cannot_apply(dataset, tmp_path):
+    assert budget_epochs(90, 150.0) == 36 and budget_epochs(1, 150.0) == 1
+    with pytest.raises(ValueError, match=r"budget \(--budget\) .* recipe 'paper' has schedule 'plateau': use --time-limit"):
+        Trainer(tiny(dataset, tmp_path / "p", recipe="paper", budget_min=10))
+    with pytest.raises(ValueError, match=r"budget \(--budget\) must be minutes > 0"):
+        Trainer(tiny(dataset, tmp_path / "n", budget_min=-1))
+    train(tiny(dataset, tmp_path / "plain", epochs=3, stop_after_steps=9))
+    with pytest.raises(ValueError, match="started without --budget and is past epoch 1"):
+        Trainer(tiny(dataset, tmp_path / "plain", epochs=3, budget_min=5), resume=True)
 
 
 def test_resume_refuses_other_model(dataset, tmp_path):

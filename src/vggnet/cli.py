@@ -50,6 +50,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm over the global batch")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave unreadable images out (listed in RUN_DIR/skipped.txt) instead of stopping")
+    p.add_argument("--budget", type=float, default=0.0, metavar="MIN",
+                   help="fit the schedule to MIN minutes of training: epoch 1 is timed and the epochs set to what "
+                        "fits (onecycle recipes; instead of --epochs)")
     p.add_argument("--time-limit", type=float, default=0.0, metavar="MIN",
                    help="checkpoint and stop after MIN minutes; --resume continues")
     p.add_argument("--data", help="data set root (train/<class>/*, test/<class>/*) or cifar-10-python.tar.gz; "
@@ -71,6 +74,8 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.train_scale is not None and len(args.train_scale) not in (1, 2):
         raise ValueError("--train-scale takes S or SMIN SMAX")
     scale = (args.train_scale[0], args.train_scale[-1]) if args.train_scale else None
+    if args.budget and args.epochs is not None:
+        raise ValueError("give --epochs or --budget, not both (--budget sets the epochs)")
     overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                    "weight_decay": args.weight_decay, "init": args.init,
                                    "precision": args.precision, "train_scale": scale, "crop_size": args.crop_size,
@@ -85,7 +90,7 @@ def _run_train(args: argparse.Namespace) -> int:
                            download=args.download, out=args.out, seed=args.seed, val_size=args.val_size,
                            width=args.width, threads=args.threads, limit_train=args.limit_train,
                            limit_test=args.limit_test, init_from=args.init_from, stream=args.stream,
-                           workers=args.workers, time_limit_min=args.time_limit, sync_bn=args.sync_bn,
+                           workers=args.workers, time_limit_min=args.time_limit, budget_min=args.budget, sync_bn=args.sync_bn,
                            skip_bad=args.skip_bad, checkpoint_activations=args.checkpoint_activations)
     result = train(settings, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:

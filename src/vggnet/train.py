@@ -59,6 +59,7 @@ class RunSettings:
     log_every: int = 20                  # steps between progress-bar updates
     stop_after_steps: int = 0            # checkpoint and stop after this many steps of this process (0: never)
     time_limit_min: float = 0.0          # checkpoint and stop after this many minutes (0: no limit)
+    budget_min: float = 0.0              # onecycle: set the epochs to what fits this many minutes, timed on epoch 1
     init_from: str | None = None         # warm start (3.1): a checkpoint of A, or of the same net at another scale
     stream: bool | None = None           # None: decode into memory when the images fit and share one size
     workers: int = 2                     # DataLoader workers of the streaming path
@@ -129,6 +130,9 @@ class Trainer:
     def _prepare(self, resume: bool) -> None:
         """Run folder, seeds, data, model and optimizer; the last checkpoint when resuming."""
         settings = self.s
+        if settings.budget_min < 0 or (settings.budget_min and self.r.schedule != "onecycle"):
+            raise ValueError(f"budget (--budget) must be minutes > 0 and needs a recipe with a fixed-length (onecycle) "
+                             f"schedule; recipe {self.r.name!r} has schedule {self.r.schedule!r}: use --time-limit")
         self._check_out_dir()
         restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"   # torchrun brought us back
         resume = resume or (restarted and (self.out / "last.safetensors").is_file())
@@ -384,6 +388,8 @@ class Trainer:
                 t0 = time.perf_counter()
                 val_acc = accuracy(self.predict(self.val), self.val.labels) if len(self.val) else stats["train_acc"]
                 stats.update(epoch=self.epoch, val_acc=val_acc, eval_time_s=time.perf_counter() - t0)
+                if self.s.budget_min and self.epoch == 1:
+                    self.fit_to_budget(stats["train_time_s"] + stats["eval_time_s"])
                 is_best = val_acc > self.best_val
                 self.after_epoch(val_acc)
                 self.best_val = max(self.best_val, val_acc)
@@ -401,6 +407,31 @@ class Trainer:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+    def _resume_budget(self, state: dict, saved_epochs: int, path: Path) -> None:
+        """A budgeted run resumes with its budget, and after epoch 1 with the epochs it chose,
+        whether or not --budget is given again; a run started without one cannot take one later."""
+        if state.get("budget_min"):
+            self.s.budget_min = state["budget_min"]
+            if state["epoch"] >= 1:
+                self.r = self.s.recipe = self.r.replace(epochs=saved_epochs)
+        elif self.s.budget_min and state["epoch"] >= 1:
+            raise ValueError(f"{path}: the run was started without --budget and is past epoch 1, where a budget "
+                             "is turned into epochs; resume it without --budget (or with --epochs)")
+
+    def fit_to_budget(self, epoch_s: float) -> None:
+        """Set the schedule's length to the epochs that fit the budget at epoch 1's pace (the
+        slowest rank's). With a warm-up of at least one epoch, epoch 1 did not depend on the
+        length, so the run equals one started with that --epochs."""
+        if self.world.size > 1:
+            pace = torch.tensor([epoch_s])
+            torch.distributed.all_reduce(pace, op=torch.distributed.ReduceOp.MAX)
+            epoch_s = pace.item()
+        epochs = budget_epochs(self.s.budget_min, epoch_s)
+        self.r = self.s.recipe = self.r.replace(epochs=epochs)
+        self._write_run_json()
+        if self.world.main:
+            tqdm.write(f"budget {self.s.budget_min:g} min: epoch 1 took {epoch_s:.1f} s, so {epochs} epochs")
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop_requested = True
@@ -461,7 +492,7 @@ class Trainer:
             tensors["epoch.perm"] = self.perm
         state = {"epoch": self.epoch, "step": self.step, "lr": self.lr, "lr_cuts": self.lr_cuts,
                  "best_val": self.best_val, "stale": self.stale, "batch_in_epoch": self.batch_in_epoch,
-                 "partial": self.partial}
+                 "partial": self.partial, "budget_min": self.s.budget_min}
         if self.world.main:   # one writer; the others wait until the file is complete
             write_checkpoint(path, tensors, {"model": self.metadata(), "state": state})
         barrier(self.world)
@@ -477,6 +508,7 @@ class Trainer:
         if (self.ema is not None) != ("train" in groups):
             raise ValueError(f"{path}: checkpoint was trained {'with' if 'train' in groups else 'without'} a moving "
                              f"average of the weights (ema); resume it with the recipe it was started with")
+        self._resume_budget(meta["state"], m["recipe"]["epochs"], path)
         changed = recipe_changes(m.get("recipe", {}), self.r)
         if changed:
             raise ValueError(f"{path}: the run was started with another recipe ({changed}); resume it with the "
@@ -495,6 +527,11 @@ class Trainer:
         self.best_val, self.stale = st["best_val"], st["stale"]
         self.perm = groups.get("epoch", {}).get("perm")
         self.batch_in_epoch, self.partial = st["batch_in_epoch"], {**fresh_partial(), **st["partial"]}
+
+
+def budget_epochs(budget_min: float, epoch_s: float) -> int:
+    """Whole epochs of ``epoch_s`` seconds (training and validation) in ``budget_min`` minutes, at least one."""
+    return max(1, int(60 * budget_min // epoch_s))
 
 
 def fresh_partial() -> dict[str, float]:
