@@ -116,7 +116,7 @@ class Trainer:
     """Holds the model, data, optimizer and schedule of one run; ``fit`` runs it."""
 
     def __init__(self, settings: RunSettings, resume: bool = False) -> None:
-        self.s, self.r = settings, settings.recipe
+        self.s, self.r = dataclasses.replace(settings), settings.recipe   # a copy: a budget changes its recipe
         self.out = Path(settings.out)
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -508,7 +508,7 @@ class Trainer:
         if (self.ema is not None) != ("train" in groups):
             raise ValueError(f"{path}: checkpoint was trained {'with' if 'train' in groups else 'without'} a moving "
                              f"average of the weights (ema); resume it with the recipe it was started with")
-        self._resume_budget(meta["state"], m["recipe"]["epochs"], path)
+        self._resume_budget(meta["state"], m.get("recipe", {}).get("epochs", self.r.epochs), path)
         changed = recipe_changes(m.get("recipe", {}), self.r)
         if changed:
             raise ValueError(f"{path}: the run was started with another recipe ({changed}); resume it with the "
