@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import time
@@ -26,7 +25,7 @@ import torchvision
 from vggnet import build_model
 from vggnet.inference import InferenceNet, bf16_supported
 from vggnet.summary import summarize, totals
-from vggnet.train import forward_backward, reuse_freed_memory
+from vggnet.train import forward_backward, machine, reuse_freed_memory
 
 TV_NAMES = {("A", False): "vgg11", ("A", True): "vgg11_bn", ("B", False): "vgg13", ("B", True): "vgg13_bn",
             ("D", False): "vgg16", ("D", True): "vgg16_bn", ("E", False): "vgg19", ("E", True): "vgg19_bn"}
@@ -146,10 +145,9 @@ def main() -> None:
     peak_fp32 = gemm_peak(torch.float32)
     own_peak = peak_bf16 if ran_bf16 or args.precision == "int8" else peak_fp32   # int8: against bf16, no int8 GEMM timed
     print(json.dumps({
-        "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "mode": args.mode, "config": args.config,
-        "precision": ran, "precision_asked": args.precision, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "bf16_native": bf16_supported(), "compiled": args.compile, "malloc_reuse": malloc_reuse, "width": args.width,
+        "date": time.strftime("%Y-%m-%d"), **machine(), "mode": args.mode, "config": args.config,
+        "precision": ran, "precision_asked": args.precision, "compiled": args.compile, "malloc_reuse": malloc_reuse,
+        "width": args.width,
         "batch_norm": args.batch_norm, "size": args.size, "batch": args.batch,
         "ours_img_s": round(o_ips, 1), "torchvision_fp32_img_s": _num(t_ips, 1), "ratio": _num(o_ips / t_ips, 2),
         "ours_gflops": round(o_ips * flops_per_image / 1e9, 1), "bf16_gemm_peak_gflops": _num(peak_bf16 / 1e9, 1),
