@@ -1,6 +1,5 @@
 """Bad input, interruptions and untrusted files (issue: reliability and security)."""
 
-import io
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ from PIL import Image
 from conftest import write_image_folder
 from vggnet import data as D
 from vggnet.cli import main
-from vggnet.train import read_checkpoint, write_checkpoint
+from vggnet.train import read_checkpoint
 
 
 def spoil(root: Path) -> list[Path]:

@@ -1,5 +1,3 @@
-import json
-
 import pytest
 
 from conftest import write_image_folder

@@ -1,6 +1,4 @@
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +72,7 @@ def test_same_seed_same_result_and_exact_resume(dataset, tmp_path):
     before_stop = read_checkpoint(tmp_path / "cut" / "last.safetensors")[1]["state"]["partial"]
     assert before_stop["seen"] == 4 * 16 and before_stop["time_s"] > 0      # steps 8-11: 4 of epoch 2
     train(tiny(dataset, tmp_path / "cut", epochs=2), resume=True)
-    again = train(tiny(dataset, tmp_path / "again", epochs=2))
+    train(tiny(dataset, tmp_path / "again", epochs=2))
     full, cut = weights(tmp_path / "full" / "last.safetensors"), weights(tmp_path / "cut" / "last.safetensors")
     for key in full:
         assert torch.equal(full[key], cut[key]), key

@@ -10,7 +10,6 @@ its state dicts load unchanged into configurations A, B, D and E.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Callable, Iterable
 
 import torch
