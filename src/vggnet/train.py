@@ -116,7 +116,7 @@ class Trainer:
     """Holds the model, data, optimizer and schedule of one run; ``fit`` runs it."""
 
     def __init__(self, settings: RunSettings, resume: bool = False) -> None:
-        self.s, self.r = dataclasses.replace(settings), settings.recipe   # a copy: a budget changes its recipe
+        self.s = dataclasses.replace(settings)    # a copy: a budget changes its recipe
         self.out = Path(settings.out)
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -127,12 +127,23 @@ class Trainer:
             teardown(self.world)
             raise
 
+    @property
+    def r(self) -> Recipe:
+        """The run's recipe: the settings' own, so run.json and checkpoints always show the one in use."""
+        return self.s.recipe
+
+    @r.setter
+    def r(self, recipe: Recipe) -> None:
+        self.s.recipe = recipe
+
     def _prepare(self, resume: bool) -> None:
         """Run folder, seeds, data, model and optimizer; the last checkpoint when resuming."""
         settings = self.s
-        if settings.budget_min < 0 or (settings.budget_min and self.r.schedule != "onecycle"):
-            raise ValueError(f"budget (--budget) must be minutes > 0 and needs a recipe with a fixed-length (onecycle) "
-                             f"schedule; recipe {self.r.name!r} has schedule {self.r.schedule!r}: use --time-limit")
+        if settings.budget_min < 0:
+            raise ValueError(f"budget (--budget) must be minutes > 0; got {settings.budget_min:g}")
+        if settings.budget_min and self.r.schedule != "onecycle":
+            raise ValueError(f"budget (--budget) needs a recipe with a fixed-length (onecycle) schedule; recipe "
+                             f"{self.r.name!r} has schedule {self.r.schedule!r}: use --time-limit")
         self._check_out_dir()
         restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"   # torchrun brought us back
         resume = resume or (restarted and (self.out / "last.safetensors").is_file())
@@ -414,7 +425,7 @@ class Trainer:
         if state.get("budget_min"):
             self.s.budget_min = state["budget_min"]
             if state["epoch"] >= 1:
-                self.r = self.s.recipe = self.r.replace(epochs=saved_epochs)
+                self.r = self.r.replace(epochs=saved_epochs)
         elif self.s.budget_min and state["epoch"] >= 1:
             raise ValueError(f"{path}: the run was started without --budget and is past epoch 1, where a budget "
                              "is turned into epochs; resume it without --budget (or with --epochs)")
@@ -428,7 +439,7 @@ class Trainer:
             torch.distributed.all_reduce(pace, op=torch.distributed.ReduceOp.MAX)
             epoch_s = pace.item()
         epochs = budget_epochs(self.s.budget_min, epoch_s)
-        self.r = self.s.recipe = self.r.replace(epochs=epochs)
+        self.r = self.r.replace(epochs=epochs)
         self._write_run_json()
         if self.world.main:
             tqdm.write(f"budget {self.s.budget_min:g} min: epoch 1 took {epoch_s:.1f} s, so {epochs} epochs")
