@@ -49,6 +49,6 @@ def test_train_command_tiny(tmp_path, capsys):
     assert run["settings"]["recipe"]["precision"] == "fp32" and run["model"]["config"] == "A"
     recipe = run["settings"]["recipe"]
     assert (recipe["cutout"], recipe["label_smoothing"], recipe["dropout"]) == (4, 0.2, 0.25)
-    assert run["settings"]["batch_norm"] is None and run["model"]["batch_norm"] is False
+    assert run["settings"]["batch_norm"] is False and run["model"]["batch_norm"] is False   # resolved: A is plain
     assert run["settings"]["recipe"]["name"] == "fast-plain"        # the default recipe for a net without BN
     assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs"] == 1

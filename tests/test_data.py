@@ -2,6 +2,7 @@ import hashlib
 import http.server
 import io
 import pickle
+import re
 import tarfile
 import threading
 from pathlib import Path
@@ -140,9 +141,13 @@ def test_download_checks_md5(file_server, tmp_path):
     assert list(other.iterdir()) == []  # nothing half-downloaded is left behind
 
 
-def test_official_constants():
-    assert D.CIFAR10_URL.endswith("/cifar-10-python.tar.gz")
-    assert D.CIFAR10_MD5 == "c58f30108f718f92721af3b95e74349a"
+def test_md5sum_and_the_official_constants(tmp_path):
+    (tmp_path / "abc").write_bytes(b"abc")
+    assert D.md5sum(tmp_path / "abc") == "900150983cd24fb0d6963f7d28e17f72"      # RFC 1321's test vector
+    big = tmp_path / "big"
+    big.write_bytes(bytes(range(256)) * 20_000)                                 # several 1 MiB chunks
+    assert D.md5sum(big) == hashlib.md5(big.read_bytes()).hexdigest()
+    assert D.CIFAR10_URL.endswith("/cifar-10-python.tar.gz") and re.fullmatch(r"[0-9a-f]{32}", D.CIFAR10_MD5)
 
 
 def test_validation_split_is_seeded_and_disjoint(tmp_path):
@@ -157,86 +162,12 @@ def test_validation_split_is_seeded_and_disjoint(tmp_path):
         D.split_validation(data, 100, seed=0)
 
 
-def test_normalize_subtracts_mean_rgb():
-    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
-    mean, std = D.channel_stats(images)
-    x = D.normalize(images, mean, None)
-    torch.testing.assert_close(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
-    y = D.normalize(images, mean, std)
-    torch.testing.assert_close(y.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3, rtol=0)
-
-
-def test_random_crop_flip_windows():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 3, 8, 8)
-    assert torch.equal(D.random_crop_flip(x, 0, False, g), x)
-    out = D.random_crop_flip(x, 2, False, g)
-    assert out.shape == x.shape
-    padded = torch.nn.functional.pad(x, (2,) * 4, mode="reflect")
-    shifts = set()
-    for i in range(64):
-        match = [(dy, dx) for dy in range(5) for dx in range(5)
-                 if torch.equal(padded[i, :, dy:dy + 8, dx:dx + 8], out[i])]
-        assert match, "every output is a window of the padded image"
-        shifts.add(match[0])
-    assert len(shifts) > 10
-    flipped = D.random_crop_flip(x, 0, True, g)
-    same = [torch.equal(flipped[i], x[i]) for i in range(64)]
-    mirrored = [torch.equal(flipped[i], x[i].flip(-1)) for i in range(64)]
-    assert all(a or b for a, b in zip(same, mirrored)) and 15 < sum(mirrored) < 49
-
-
-def test_cutout_zeroes_one_square_per_image():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(200, 3, 16, 16).abs() + 1.0          # no zero before Cutout
-    out = D.cutout(x, 6, g)
-    holes = out == 0
-    assert torch.equal(holes[:, 0], holes[:, 1]) and torch.equal(holes[:, 0], holes[:, 2])   # all channels
-    torch.testing.assert_close(out[~holes], x[~holes], rtol=0, atol=0)
-    areas = holes[:, 0].sum((1, 2))
-    assert areas.max() == 36 and areas.min() >= 9         # 6x6 inside, clipped to 3x3 at worst
-    for m in holes[:, 0]:                                  # each hole is one axis-aligned rectangle
-        rows, cols = m.any(1).nonzero().flatten(), m.any(0).nonzero().flatten()
-        assert m.sum() == len(rows) * len(cols) and rows.max() - rows.min() + 1 == len(rows)
-    assert (areas == 36).sum() > 50                        # centres spread: many squares fully inside
-    assert torch.equal(D.cutout(x, 6, torch.Generator().manual_seed(1)),
-                       D.cutout(x, 6, torch.Generator().manual_seed(1)))
-
-
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg" / "test").is_dir(), reason="shared CIFAR-10 not present")
 def test_shared_cifar10_test_split_decodes():
     data = D.load_folder_tensors(SHARED_DATA / "cifar10-jpeg" / "test")
     assert data.images.shape == (10000, 3, 32, 32)
     assert torch.bincount(data.labels).tolist() == [1000] * 10
     assert data.classes[:3] == ["airplane", "automobile", "bird"]
-
-
-def test_scale_jitter_draws_s_in_range(monkeypatch):
-    seen = []
-    original = D.rescale
-    monkeypatch.setattr(D, "rescale", lambda x, q: (seen.append(q), original(x, q))[1])
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 255, (64, 3, 32, 32), dtype=torch.uint8)
-    out = D.scale_jitter_crop(images, 32, 48, 32, g)
-    assert out.shape == (64, 3, 32, 32) and out.dtype == torch.uint8
-    assert all(32 <= q <= 48 for q in seen) and len(set(seen)) > 8
-
-
-def test_pca_lighting_keeps_the_mean_and_follows_the_eigenvectors():
-    g = torch.Generator().manual_seed(0)
-    base = torch.randn(20000, 3, generator=g) @ torch.tensor([[40.0, 30, 20], [0, 20, 10], [0, 0, 5]])
-    images = (base + 120).clamp(0, 255).to(torch.uint8).T.reshape(3, 200, 100).permute(1, 0, 2)[..., None]
-    stats = D.pca_lighting_stats(images)
-    vec = torch.tensor(stats["eigvec"])
-    torch.testing.assert_close(vec.T @ vec, torch.eye(3), atol=1e-5, rtol=0)
-    assert stats["eigval"] == sorted(stats["eigval"]) and stats["eigval"][0] > 0
-    x = torch.full((4000, 3, 2, 2), 100.0)
-    shifted = D.pca_lighting(x, stats, 0.1, torch.Generator().manual_seed(1))
-    shift = (shifted - x)[:, :, 0, 0]                                 # (N, 3), the same on every pixel
-    assert torch.equal(shifted[:, :, 1, 1], shifted[:, :, 0, 0])
-    torch.testing.assert_close(shift.mean(0), torch.zeros(3), atol=0.05 * max(stats["eigval"]) ** 0.5 + 1.0, rtol=0)
-    alpha = (shift @ vec) / torch.tensor(stats["eigval"])              # coordinates on the components
-    torch.testing.assert_close(alpha.std(0), torch.full((3,), 0.1), atol=0.01, rtol=0)
 
 
 def test_streaming_images_of_any_size_and_mode(tmp_path):

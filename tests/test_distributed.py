@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import write_image_folder
-from vggnet.train import read_checkpoint
+from vggnet.weights import read_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 
@@ -111,7 +111,7 @@ def test_failed_set_up_leaves_the_process_group(monkeypatch, tmp_path):
     """A rank whose Trainer fails to build (here: no data) must not exit inside the group."""
     import torch.distributed as dist
 
-    from vggnet import train as train_module
+    from vggnet import training as train_module
     from vggnet.data import DataError
     from vggnet.distributed import World
     store = dist.HashStore()

@@ -6,8 +6,8 @@ from PIL import Image
 
 from vggnet import build_model
 from vggnet.data import DataError
-from vggnet.evaluate import EvalModel, evaluate, format_report, grid_crops, list_labelled_images, topk_errors
-from vggnet.weights import describe, save_weights
+from vggnet.evaluation import EvalModel, evaluate, format_report, grid_crops, list_labelled_images, topk_errors
+from vggnet.weights import ModelSpec, describe, save_weights
 
 TINY = 1 / 16
 
@@ -97,7 +97,8 @@ def test_evaluate_every_protocol_and_ensemble(tmp_path):
 
 
 def test_labels_map_to_the_models_classes(tmp_path):
-    meta = {"classes": ["tench", "goldfish", "shark"], "wnids": ["n01440764", "n01443537", "n01484850"]}
+    meta = ModelSpec("A", num_classes=3, classes=["tench", "goldfish", "shark"],
+                     wnids=["n01440764", "n01443537", "n01484850"])
     flat = tmp_path / "flat"
     flat.mkdir()
     for name in ("n01484850_great_white_shark.JPEG", "n01440764_tench.JPEG"):

@@ -3,6 +3,7 @@ import torch
 
 from vggnet import build_model
 from vggnet.features import PerceptualLoss, gram_matrix
+from vggnet.weights import describe
 
 
 def test_gram_matrix():
@@ -28,8 +29,15 @@ def test_perceptual_loss_zero_for_same_image_and_differentiable():
 
 def test_perceptual_loss_uses_the_models_preprocessing():
     model = build_model("D", num_classes=10, width=1 / 16)
-    caffe = PerceptualLoss(model, {"mean": [103.939, 116.779, 123.68], "std": None, "channel_order": "BGR"})
-    assert caffe.order.tolist() == [2, 1, 0] and caffe.std.flatten().tolist() == pytest.approx([1 / 255] * 3)
+    spec = describe(model, mean=[103.939, 116.779, 123.68], std=None, channel_order="BGR")
+    caffe = PerceptualLoss(model, spec)
+    assert caffe.preprocess.channel_order == "BGR" and caffe.preprocess.std is None
+    x = torch.rand(1, 3, 32, 32)
+    by_hand = x.flip(1) * 255 - torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1)   # RGB [0, 1] -> BGR - mean
+    torch.testing.assert_close(caffe.features(x)["conv2_2"], model.extract(by_hand, ["conv2_2"])["conv2_2"],
+                               atol=1e-4, rtol=1e-4)   # channels-last kernels round differently
+    default = PerceptualLoss(model).preprocess                                   # no description: torchvision's
+    assert default.mean == (123.675, 116.28, 103.53) and default.channel_order == "RGB"
     with pytest.raises(ValueError, match="unknown layer names"):
         PerceptualLoss(model, content_layers=("relu2_2",))
     with pytest.raises(ValueError, match="unknown layer names \\['conv2_2'"):   # A has one conv in block 2

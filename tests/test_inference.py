@@ -65,10 +65,10 @@ def test_compiled_net_matches_eager_at_each_input_size(bn_model):
 
 
 def test_bf16_warns_only_where_the_cpu_lacks_it(bn_model, monkeypatch):
-    monkeypatch.setattr("vggnet.inference.bf16_supported", lambda: False)
+    monkeypatch.setattr("vggnet.runtime.bf16_supported", lambda: False)
     with pytest.warns(UserWarning, match="bf16 on a CPU without native bf16 .* use fp32 here"):
         InferenceNet(bn_model, "bf16")
-    monkeypatch.setattr("vggnet.inference.bf16_supported", lambda: True)
+    monkeypatch.setattr("vggnet.runtime.bf16_supported", lambda: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         InferenceNet(bn_model, "bf16")

@@ -12,8 +12,9 @@ keras = pytest.importorskip("keras")
 h5py = pytest.importorskip("h5py")
 
 from vggnet.cli import main  # noqa: E402
-from vggnet.evaluate import EvalModel  # noqa: E402
-from vggnet.weights import WeightsError, convert_keras, load_weights  # noqa: E402
+from vggnet.evaluation import EvalModel  # noqa: E402
+from vggnet.convert import convert_keras  # noqa: E402
+from vggnet.weights import WeightsError, load_weights  # noqa: E402
 
 
 def write_classic_h5(model, path):
@@ -50,7 +51,7 @@ def test_keras_parity(tmp_path, keras_model, layout):
         write_classic_h5(keras_model, path)
     out = convert_keras(path, tmp_path / "converted.safetensors")
     model, meta = load_weights(out)
-    assert meta["channel_order"] == "BGR" and meta["std"] is None and meta["config"] in ("D", "E")
+    assert meta.channel_order == "BGR" and meta.std is None and meta.config in ("D", "E")
     rgb = np.random.default_rng(2).integers(0, 256, (2, 224, 224, 3)).astype(np.float32)
     theirs = keras_model.predict(keras.applications.vgg16.preprocess_input(rgb.copy()), verbose=0)
     ours_in = EvalModel(model, meta).prepare(torch.from_numpy(rgb).permute(0, 3, 1, 2))

@@ -7,7 +7,7 @@ from PIL import Image
 
 from vggnet import build_model
 from vggnet.cli import main
-from vggnet.predict import grad_cam, predict
+from vggnet.prediction import grad_cam, predict
 from vggnet.weights import describe, save_weights
 
 

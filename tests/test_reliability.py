@@ -16,8 +16,10 @@ from PIL import Image
 
 from conftest import write_image_folder
 from vggnet import data as D
+from vggnet.augment import scale_jitter_crop
+from vggnet.preprocess import center_crop, rescale
 from vggnet.cli import main
-from vggnet.train import read_checkpoint
+from vggnet.weights import read_checkpoint
 
 
 def spoil(root: Path) -> list[Path]:
@@ -76,9 +78,9 @@ def test_any_image_loads_as_rgb_and_transforms(tmp_path_factory, h, w, mode, fmt
         img.convert("RGB").save(path, format=fmt)
     x = D.read_image(path)
     assert x.dtype == torch.uint8 and x.shape == (3, h, w)
-    crop = D.center_crop(D.rescale(x[None], 32), 32)
+    crop = center_crop(rescale(x[None], 32), 32)
     assert crop.shape == (1, 3, 32, 32)
-    jit = D.scale_jitter_crop(x[None], 32, 40, 32, torch.Generator().manual_seed(seed))
+    jit = scale_jitter_crop(x[None], 32, 40, 32, torch.Generator().manual_seed(seed))
     assert jit.shape == (1, 3, 32, 32)
 
 
@@ -98,7 +100,7 @@ def test_random_bytes_never_crash_the_loader(tmp_path_factory, blob):
 KILL_WRITER = """
 import sys, torch
 from pathlib import Path
-from vggnet.train import write_checkpoint
+from vggnet.weights import write_checkpoint
 path = Path(sys.argv[1])
 write_checkpoint(path, {"model.w": torch.ones(4)}, {"epoch": 1})
 print("first", flush=True)
@@ -127,23 +129,28 @@ def train_cmd(data, out, *extra):
             "--threads", "1", *extra]
 
 
-def test_sigterm_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+def test_sigterm_mid_run_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+    """SIGTERM after epoch 1 of 8 (the rest takes seconds): the run checkpoints and stops,
+    and --resume RUN_DIR alone, with the settings read back from the run, ends with the
+    uninterrupted run's weights."""
     data = write_image_folder(tmp_path / "d", classes=2, per_class=150)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(train_cmd(data, tmp_path / "full"), env=env, check=True, capture_output=True, timeout=300)
-    proc = subprocess.Popen(train_cmd(data, tmp_path / "cut"), env=env, stdout=subprocess.PIPE,
+    subprocess.run(train_cmd(data, tmp_path / "full", "--epochs", "8"), env=env, check=True, capture_output=True,
+                   timeout=300)
+    proc = subprocess.Popen(train_cmd(data, tmp_path / "cut", "--epochs", "8"), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (tmp_path / "cut" / "metrics.jsonl").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     stopped = json.loads(out[out.index("{"):])
-    assert stopped.get("stopped") or stopped.get("epochs") == 2
-    subprocess.run(train_cmd(data, tmp_path / "cut", "--resume"), env=env, check=True, capture_output=True,
-                   timeout=300)
+    assert stopped["stopped"] is True and 1 <= stopped["epoch"] < 8
+    assert "continue with vggnet train --resume" in out
+    resumed = subprocess.run([sys.executable, "-m", "vggnet", "train", "--resume", str(tmp_path / "cut")], env=env,
+                             check=True, capture_output=True, text=True, timeout=300)
+    assert f"resuming {tmp_path / 'cut'} at epoch {stopped['epoch'] + 1} of 8" in resumed.stdout
     a = read_checkpoint(tmp_path / "full" / "last.safetensors")[0]["model"]
     b = read_checkpoint(tmp_path / "cut" / "last.safetensors")[0]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

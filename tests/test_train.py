@@ -8,7 +8,10 @@ import torch
 
 from conftest import write_image_folder
 from vggnet.configs import get_recipe
-from vggnet.train import RunSettings, Trainer, budget_epochs, read_checkpoint, train, write_checkpoint
+from vggnet.schedule import budget_epochs
+from vggnet.settings import RunSettings
+from vggnet.training import Trainer, train
+from vggnet.weights import read_checkpoint, write_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def test_learns_a_learnable_task(dataset, tmp_path):
 
 def test_bf16_without_cpu_support_trains_fp32_and_says_so(dataset, tmp_path, monkeypatch, capsys):
     """On a CPU without native bf16 (an AVX2-only EPYC, say) the bf16 recipe runs, and equals, fp32."""
-    monkeypatch.setattr("vggnet.train.bf16_supported", lambda: False)
+    monkeypatch.setattr("vggnet.runtime.bf16_supported", lambda: False)
     runs = {}
     for precision in ("bf16", "fp32"):
         settings = tiny(dataset, tmp_path / precision, epochs=1)
@@ -52,13 +55,12 @@ def test_bf16_without_cpu_support_trains_fp32_and_says_so(dataset, tmp_path, mon
 
 
 def test_paper_recipe_cuts_lr_on_plateau(dataset, tmp_path):
-    trainer = Trainer(tiny(dataset, tmp_path / "p", epochs=10, recipe="paper"))
-    trainer.after_epoch(0.5)
-    trainer.best_val = 0.5
-    trainer.after_epoch(0.4)
-    assert trainer.lr == pytest.approx(0.05)
-    trainer.after_epoch(0.5)
-    assert trainer.lr == pytest.approx(0.005) and trainer.lr_cuts == 1
+    schedule = Trainer(tiny(dataset, tmp_path / "p", epochs=10, recipe="paper")).schedule
+    assert schedule.after_epoch(0.5) is True and schedule.best_val == 0.5
+    assert schedule.after_epoch(0.4) is False
+    assert schedule.lr == pytest.approx(0.05)
+    schedule.after_epoch(0.5)
+    assert schedule.lr == pytest.approx(0.005) and schedule.lr_cuts == 1
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -123,7 +125,7 @@ def test_budget_sets_the_epochs_that_fit_and_equals_that_many_epochs(dataset, tm
 
 
 def test_budget_run_resumes_with_the_epochs_it_chose(dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr("vggnet.train.budget_epochs", lambda budget_min, epoch_s: 3)   # whatever the pace
+    monkeypatch.setattr("vggnet.schedule.budget_epochs", lambda budget_min, epoch_s: 3)   # whatever the pace
     stopped = train(budgeted(dataset, tmp_path / "b", budget_min=0.03, stop_after_steps=10))   # mid-epoch 2
     assert stopped == {"stopped": True, "epoch": 1, "step": 10}
     assert read_checkpoint(tmp_path / "b" / "last.safetensors")[1]["model"]["recipe"]["epochs"] == 3
@@ -184,7 +186,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(dataset, tmp_path):
 def test_atomic_checkpoint_survives_failed_write(tmp_path, monkeypatch):
     path = tmp_path / "ck.safetensors"
     write_checkpoint(path, {"model.w": torch.ones(3)}, {"epoch": 1})
-    import vggnet.train as T
+    import vggnet.weights as T
 
     def crash(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"partial")
@@ -199,7 +201,7 @@ def test_atomic_checkpoint_survives_failed_write(tmp_path, monkeypatch):
 
 def test_accumulated_micro_batches_equal_one_large_batch():
     from vggnet import build_model
-    from vggnet.train import forward_backward
+    from vggnet.training import forward_backward
     torch.manual_seed(0)
     model = build_model("A", num_classes=4, head="cifar", width=TINY_WIDTH, dropout=0.0, init="glorot").double()
     x, y = torch.randn(16, 3, 32, 32, dtype=torch.float64), torch.randint(0, 4, (16,))
@@ -298,7 +300,7 @@ def test_moving_average_run_resumes_exactly_and_reports_both(dataset, tmp_path):
 
 PAGE_FAULTS = """
 import resource, sys, torch
-from vggnet.train import reuse_freed_memory
+from vggnet.runtime import reuse_freed_memory
 tuned = reuse_freed_memory() if sys.argv[1] == "tuned" else False
 def step():  # an activation-like pattern: eight 4 MiB buffers written, then all freed
     bufs = [torch.ones(1 << 20) for _ in range(8)]

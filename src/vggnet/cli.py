@@ -1,4 +1,5 @@
-"""Command line: ``vggnet train|summary``, a thin layer over the Python API.
+"""Command line: ``vggnet train|summary|eval|convert|predict|export|study``, a thin layer
+over the Python API (``vggnet.train``, ``vggnet.evaluate``, ``vggnet.predict`` ...).
 
 Every command maps to one function; a bad argument gets one clear line on stderr
 and exit code 2, not a traceback.
@@ -12,14 +13,15 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from .configs import INITS, RECIPES, STUDY_CONFIGS, get_recipe, resolve_config
+from .configs import INITS, RECIPES, STUDY_CONFIGS
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a VGG (default: VGG-16-BN on CIFAR-10, fast recipe)")
-    p.add_argument("--config", default="D", help="Table 1 configuration: A, A-LRN, B, C, D, E or vgg16_bn ...")
+    p.add_argument("--config", help="Table 1 configuration: A, A-LRN, B, C, D, E (the paper's nets, without BN) "
+                                    "or a name: vgg16, vgg16_bn ... (default: vgg16_bn)")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
-                   help="BatchNorm after every conv (default: on for D; as the name says for vgg*_bn)")
+                   help="BatchNorm after every conv (default: as the name says: vgg16_bn with, D and vgg16 without)")
     p.add_argument("--recipe", help=f"hyper-parameter set: {', '.join(RECIPES)} "
                    "(default: fast with BatchNorm, fast-plain without)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
@@ -44,55 +46,54 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="warm start (3.1): from a net A checkpoint (first four convs, three FC) or the same net")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="read images from disk each epoch (default: only when they do not fit in memory)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the streaming path")
-    p.add_argument("--checkpoint-activations", action="store_true",
+    p.add_argument("--workers", type=int, help="DataLoader workers of the streaming path (default: 2)")
+    p.add_argument("--checkpoint-activations", action="store_true", default=None,
                    help="recompute conv activations in backward: less memory for about a third more compute")
-    p.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm over the global batch")
-    p.add_argument("--skip-bad", action="store_true",
+    p.add_argument("--sync-bn", action="store_true", default=None,
+                   help="under torchrun: BatchNorm over the global batch")
+    p.add_argument("--skip-bad", action="store_true", default=None,
                    help="leave unreadable images out (listed in RUN_DIR/skipped.txt) instead of stopping")
-    p.add_argument("--budget", type=float, default=0.0, metavar="MIN",
+    p.add_argument("--budget", type=float, metavar="MIN",
                    help="fit the schedule to MIN minutes of training: epoch 1 is timed and the epochs set to what "
                         "fits (onecycle recipes; instead of --epochs)")
-    p.add_argument("--time-limit", type=float, default=0.0, metavar="MIN",
+    p.add_argument("--time-limit", type=float, metavar="MIN",
                    help="checkpoint and stop after MIN minutes; --resume continues")
     p.add_argument("--data", help="data set root (train/<class>/*, test/<class>/*) or cifar-10-python.tar.gz; "
-                                  "default: $VGGNET_DATA or ../shared/data/cifar10-jpeg")
+                                  "default: $VGGNET_DATA, else data/cifar10, data/cifar10-jpeg, "
+                                  "../shared/data/cifar10-jpeg")
     p.add_argument("--download", metavar="DIR", help="download the official CIFAR-10 archive into DIR (MD5-checked)")
-    p.add_argument("--out", default="runs/vgg16_bn-cifar10", help="run folder (checkpoints, metrics, plots)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = the paper's widths)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--limit-train", type=int, default=0, help="train on a random subset of N images")
-    p.add_argument("--limit-test", type=int, default=0, help="test on a random subset of N images")
+    p.add_argument("--out", help="run folder (default: runs/<model>-<data set>, e.g. runs/vgg16_bn-cifar10-jpeg)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue RUN_DIR (or --out) from its last checkpoint with the settings it was started "
+                        "with; only --epochs, --time-limit and --budget may change")
+    p.add_argument("--seed", type=int, help="seed of the initialisation, split, order and augmentation (default: 0)")
+    p.add_argument("--val-size", type=float, metavar="N",
+                   help="training images held out for validation: a count, a fraction such as 0.05, or 0 for "
+                        "none (default: 10 %%, 5,000 of CIFAR-10)")
+    p.add_argument("--width", type=float, help="channel multiplier (default: 1.0, the paper's widths)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    p.add_argument("--limit-train", type=int, help="train on a seeded random subset of N images")
+    p.add_argument("--limit-test", type=int, help="test on a seeded random subset of N images")
     p.set_defaults(func=_run_train)
 
 
+# CLI flag -> RunSettings or Recipe field, where the names differ
+_TRAIN_FIELDS = {"time_limit": "time_limit_min", "budget": "budget_min"}
+
+
 def _run_train(args: argparse.Namespace) -> int:
-    from .train import RunSettings, train
+    from .training import train
     if args.train_scale is not None and len(args.train_scale) not in (1, 2):
         raise ValueError("--train-scale takes S or SMIN SMAX")
-    scale = (args.train_scale[0], args.train_scale[-1]) if args.train_scale else None
-    if args.budget and args.epochs is not None:
+    if args.budget is not None and args.epochs is not None:
         raise ValueError("give --epochs or --budget, not both (--budget sets the epochs)")
-    overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                                   "weight_decay": args.weight_decay, "init": args.init,
-                                   "precision": args.precision, "train_scale": scale, "crop_size": args.crop_size,
-                                   "lighting": args.lighting, "micro_batch": args.micro_batch,
-                                   "label_smoothing": args.label_smoothing, "dropout": args.dropout,
-                                   "cutout": args.cutout, "ema": args.ema}.items()
-                 if v is not None}
-    default_bn = True if args.config.upper() == "D" and args.batch_norm is None else args.batch_norm
-    uses_bn = resolve_config(args.config, default_bn)[1]
-    recipe = get_recipe(args.recipe or ("fast" if uses_bn else "fast-plain")).replace(**overrides)
-    settings = RunSettings(config=args.config, batch_norm=default_bn, recipe=recipe, data=args.data,
-                           download=args.download, out=args.out, seed=args.seed, val_size=args.val_size,
-                           width=args.width, threads=args.threads, limit_train=args.limit_train,
-                           limit_test=args.limit_test, init_from=args.init_from, stream=args.stream,
-                           workers=args.workers, time_limit_min=args.time_limit, budget_min=args.budget, sync_bn=args.sync_bn,
-                           skip_bad=args.skip_bad, checkpoint_activations=args.checkpoint_activations)
-    result = train(settings, resume=args.resume)
+    options = {_TRAIN_FIELDS.get(k, k): v for k, v in vars(args).items() if k not in ("command", "func", "resume")}
+    options["train_scale"] = (args.train_scale[0], args.train_scale[-1]) if args.train_scale else None
+    if isinstance(args.resume, str):
+        if args.out is not None and args.out != args.resume:
+            raise ValueError(f"--resume {args.resume} and --out {args.out} name two run folders; give one")
+        options["out"] = args.resume
+    result = train(resume=bool(args.resume), **options)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))
     return 0
@@ -123,7 +124,7 @@ def _run_summary(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from .evaluate import PROTOCOLS
+    from .evaluation import PROTOCOLS
     p = sub.add_parser("eval", help="top-1/top-5 error with the paper's test protocols (section 3.2)")
     p.add_argument("--weights", action="append", required=True,
                    help="weights or checkpoint (.safetensors); give several times for an ensemble")
@@ -144,7 +145,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .evaluate import PROTOCOLS, evaluate, format_report
+    from .evaluation import PROTOCOLS, evaluate, format_report
     protocols = list(PROTOCOLS) if args.protocol == "all" else [p.strip() for p in args.protocol.split(",")]
     report = evaluate(args.weights, args.data, protocols, args.scales, args.limit, args.batch_size, args.precision,
                       args.compile)
@@ -161,12 +162,12 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from . import weights
-    convert = weights.convert_torchvision if args.source == "torchvision" else weights.convert_keras
-    out = convert(args.file, args.out)
-    meta = weights.read_metadata(out)
-    print(f"wrote {out}: config {meta['config']}{' BN' if meta['batch_norm'] else ''}, "
-          f"{meta['num_classes']} classes, {meta.get('channel_order', 'RGB')} input")
+    from .convert import convert_keras, convert_torchvision
+    from .weights import read_metadata
+    out = (convert_torchvision if args.source == "torchvision" else convert_keras)(args.file, args.out)
+    spec = read_metadata(out)
+    print(f"wrote {out}: config {spec.config}{' BN' if spec.batch_norm else ''}, "
+          f"{spec.num_classes} classes, {spec.channel_order} input")
     return 0
 
 
@@ -189,10 +190,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .evaluate import EvalModel
-    from .predict import format_predictions, list_images, predict, save_cam
+    from .evaluation import EvalModel
+    from .prediction import format_predictions, list_images, predict, save_cam
+    from .runtime import bf16_supported
     from .weights import load_weights
-    from .inference import bf16_supported
     precision = args.precision or ("bf16" if bf16_supported() else "fp32")
     results = predict(args.target, args.weights, args.topk, args.batch_size, precision, args.compile)
     print(format_predictions(results, args.format))
@@ -237,7 +238,8 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-images", type=int, default=1000, help="seeded test subset for the protocols (0: all)")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier for every configuration")
     p.add_argument("--limit-train", type=int, default=0, help="train on a random subset of N images")
-    p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
+    p.add_argument("--val-size", type=float, default=None, metavar="N",
+                   help="training images held out for validation: a count, a fraction, or 0 (default: 10 %%)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=_run_study)
 
@@ -267,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .train import reuse_freed_memory
+    from .runtime import reuse_freed_memory
     reuse_freed_memory()    # every command: reused buffers instead of fresh page faults (BENCHMARKS 16)
     if hasattr(sys.stdout, "reconfigure"):   # epoch lines reach a log file as they happen
         sys.stdout.reconfigure(line_buffering=True)

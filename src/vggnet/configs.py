@@ -47,6 +47,34 @@ CONFIGS: dict[str, list[str]] = {
 # What `vggnet study` compares by default: Table 1 and the shallow 5x5 control net of 4.1.
 STUDY_CONFIGS = ("A", "A-LRN", "B", "B-5x5", "C", "D", "E")
 
+def conv_layers(config: str) -> int:
+    """Convolutional layers of a configuration, counted from its Table 1 column."""
+    return sum(1 for t in CONFIGS[config] if t.startswith("conv"))
+
+
+def weight_layers(config: str) -> int:
+    """Table 1's headings: the conv layers and the three FC layers (VGG-16 is D)."""
+    return conv_layers(config) + 3
+
+
+def config_with_convs(n: int, among: tuple[str, ...] = ("A", "B", "D", "E")) -> str | None:
+    """The configuration with ``n`` 3x3 conv layers among ``among`` (how a foreign state dict
+    or Keras file is recognised: torchvision and Keras ship A, B, D and E); None if none."""
+    return next((c for c in among if conv_layers(c) == n), None)
+
+
+def convs_per_block(config: str) -> list[int]:
+    """Conv layers in each of the five blocks (between max-pools): D is [2, 2, 3, 3, 3]."""
+    counts, n = [], 0
+    for t in CONFIGS[config]:
+        if t == "maxpool":
+            counts.append(n)
+            n = 0
+        elif t.startswith("conv"):
+            n += 1
+    return counts
+
+
 # Common names -> (configuration, batch_norm). torchvision's builders name D "vgg16".
 ALIASES: dict[str, tuple[str, bool]] = {
     "vgg11": ("A", False), "vgg11_bn": ("A", True),
@@ -56,6 +84,17 @@ ALIASES: dict[str, tuple[str, bool]] = {
     "vgg16": ("D", False), "vgg16_bn": ("D", True),
     "vgg19": ("E", False), "vgg19_bn": ("E", True),
 }
+
+
+
+def model_name(config: str, batch_norm: bool) -> str:
+    """The common name of (letter, batch_norm), "vgg16_bn" for ("D", True); the letter
+    (with "_bn") for nets without one (B-5x5)."""
+    for name, value in ALIASES.items():
+        if value == (config, batch_norm):
+            return name
+    return f"{config}{'_bn' if batch_norm else ''}"
+
 
 # Table 2 of the paper, exact counts for 1000 classes (as torchvision's VGGs).
 PARAMETER_COUNTS: dict[str, int] = {
@@ -70,7 +109,11 @@ LRN_SETTINGS = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
 
 
 def resolve_config(name: str, batch_norm: bool | None = None) -> tuple[str, bool]:
-    """Map "d", "vgg16_bn", "A-LRN" ... to (Table 1 letter, batch_norm); ValueError if unknown."""
+    """Map "d", "vgg16_bn", "A-LRN" ... to (Table 1 letter, batch_norm); ValueError if unknown.
+
+    One rule for BatchNorm (not in the paper, which predates it): the name says it. A
+    letter and "vgg16" are the paper's nets, without BN; "vgg16_bn" has it; an explicit
+    ``batch_norm`` overrides either."""
     key = name.strip()
     for letter in CONFIGS:
         if key.upper() == letter.upper():
@@ -100,7 +143,7 @@ class Recipe:
     """A named set of training hyper-parameters; the resolved recipe is saved with every run."""
 
     name: str
-    optimizer: str = "sgd"            # "sgd" (momentum) is the paper's (section 3.1)
+    optimizer: str = "sgd"            # "sgd" (momentum, section 3.1); the only one built
     lr: float = 0.01                  # peak learning rate, for batch_size examples
     momentum: float = 0.9
     nesterov: bool = False
@@ -131,6 +174,15 @@ class Recipe:
     def replace(self, **changes: object) -> "Recipe":
         """A copy with some fields changed (the CLI's overrides)."""
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "Recipe":
+        """The recipe a run.json or checkpoint recorded (fields this version lacks are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in saved.items() if k in names}
+        if values.get("train_scale") is not None:
+            values["train_scale"] = tuple(values["train_scale"])
+        return cls(**values)
 
 
 RECIPES: dict[str, Recipe] = {

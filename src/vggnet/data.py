@@ -1,9 +1,9 @@
 """Data: image folders and the CIFAR-10 archive, decoded once into uint8 tensors.
 
 Small data sets (CIFAR scale) live in memory as one (N, 3, H, W) uint8 tensor,
-cached on disk as safetensors keyed by the folder listing, and batches are index
-slices augmented as whole tensors (airbench style). Preprocessing is the paper's
-(section 2.1): subtract the mean RGB of the training set, optionally divide by the std.
+cached on disk as safetensors keyed by the folder listing (airbench style); larger ones,
+or photographs of different sizes, are listed and read image by image
+(:class:`StreamingImages`). Batches of either are made by :mod:`vggnet.loader`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torchvision.io import ImageReadMode, decode_image
-from torchvision.transforms.v2.functional import resize
+
+from .augment import pca_lighting, random_crop
+from .preprocess import center_crop, rescale
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -45,8 +47,17 @@ class TensorData:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def image_size(self) -> int | None:
+        """The side every image has (the training crop by default); None for varied sizes."""
+        return int(self.images.shape[-1])
+
     def subset(self, index: torch.Tensor) -> "TensorData":
         return TensorData(self.images[index], self.labels[index], self.classes, self.skipped)
+
+    def statistics_sample(self, n: int, seed: int, crop: int, scale: tuple[int, int]) -> torch.Tensor:
+        """Every image: the mean RGB (2.1) and PCA statistics (3.1) of all the training pixels."""
+        return self.images
 
 
 def _is_dataset_root(path: Path) -> bool:
@@ -297,122 +308,26 @@ def load_dataset(path: str | os.PathLike | None = None, download_to: Path | None
     return train, test
 
 
+DEFAULT_VAL_FRACTION = 0.1   # 5,000 of CIFAR-10's 50,000, as the paper held out part of its training set
+
+
+def holdout_size(val_size: float | None, n: int) -> int:
+    """Images held out for validation: a count (``val_size`` >= 1), a fraction of the ``n``
+    training images (0 < ``val_size`` < 1), none (0), or 10 % by default (None)."""
+    if val_size is None:
+        val_size = DEFAULT_VAL_FRACTION
+    if val_size < 0 or (val_size >= 1 and val_size != int(val_size)):
+        raise DataError(f"validation size (--val-size) must be a count, a fraction in (0, 1) or 0; got {val_size:g}")
+    return int(val_size) if val_size >= 1 or val_size == 0 else int(round(val_size * n))
+
+
 def split_validation(data: TensorData, size: int, seed: int) -> tuple[TensorData, TensorData]:
     """(train, validation): ``size`` images held out by a seeded permutation."""
     if not 0 <= size < len(data):
-        raise DataError(f"validation size {size} must be below the {len(data)} training images")
+        raise DataError(f"validation size {size} must be below the {len(data)} training images "
+                        "(--val-size takes a count, a fraction such as 0.1, or 0 for none)")
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     return data.subset(perm[size:].sort().values), data.subset(perm[:size].sort().values)
-
-
-def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Mean and std per RGB channel on the 0..255 scale (section 2.1: mean RGB subtraction)."""
-    x = images.to(torch.float64)
-    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
-
-
-def normalize(images: torch.Tensor, mean: list[float], std: list[float] | None) -> torch.Tensor:
-    """(N, 3, H, W) on the 0..255 scale -> float32, mean RGB subtracted, divided by std when given."""
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std if std else [1.0, 1.0, 1.0], dtype=torch.float32).view(1, 3, 1, 1)
-    return (images.to(torch.float32) - m) / s
-
-
-def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Batched augmentation: a random crop of the original size from the reflect-padded
-    batch and a random horizontal flip, one gather for the whole batch."""
-    n, c, h, w = x.shape
-    if padding > 0:
-        padded = torch.nn.functional.pad(x, (padding,) * 4, mode="reflect")
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]     # (n, 1, h, 1)
-        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]     # (n, 1, 1, w)
-        x = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-    if flip:
-        mask = torch.rand(n, generator=generator) < 0.5
-        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-    return x
-
-
-def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Batched Cutout (DeVries & Taylor, 2017): a ``size`` x ``size`` square at a uniformly
-    drawn centre of each mean-subtracted image set to 0, the mean colour; squares may be
-    clipped by the border. Not in the paper: a regulariser for short CIFAR schedules."""
-    n, _, h, w = x.shape
-    top = torch.randint(0, h, (n,), generator=generator) - size // 2
-    left = torch.randint(0, w, (n,), generator=generator) - size // 2
-    rows, cols = torch.arange(h), torch.arange(w)
-    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)        # (n, h)
-    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size)      # (n, w)
-    hole = in_rows[:, None, :, None] & in_cols[:, None, None, :]           # (n, 1, h, w)
-    return x.masked_fill(hole, 0.0)
-
-
-# ---- the paper's training-time transforms (section 3.1), batched on tensors ----------------
-def rescale(x: torch.Tensor, q: int) -> torch.Tensor:
-    """Isotropic rescaling so that the smaller side is ``q`` (section 3.1), antialiased."""
-    h, w = x.shape[-2:]
-    if min(h, w) == q:
-        return x
-    return resize(x, [q], antialias=True)
-
-
-def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The central ``size`` x ``size`` window; an image smaller than that is rescaled up first."""
-    if min(x.shape[-2:]) < size:
-        x = rescale(x, size)
-    h, w = x.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top:top + size, left:left + size]
-
-
-def random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """One random ``size`` window of a (3, H, W) image (rescaled up first if smaller)."""
-    if min(x.shape[-2:]) < size:
-        x = rescale(x, size)
-    h, w = x.shape[-2:]
-    top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
-    left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
-    return x[..., top:top + size, left:left + size]
-
-
-def scale_jitter_crop(images: torch.Tensor, smin: int, smax: int, crop: int,
-                      generator: torch.Generator) -> torch.Tensor:
-    """Section 3.1 scale jittering: each image rescaled so that its smaller side is S, drawn
-    uniformly from [smin, smax], then a random crop x crop window; one resize per distinct S."""
-    n = len(images)
-    scales = torch.randint(smin, smax + 1, (n,), generator=generator)
-    out = torch.empty(n, images.shape[1], crop, crop, dtype=images.dtype)
-    for s in scales.unique().tolist():
-        which = (scales == s).nonzero().flatten()
-        resized = rescale(images[which], s)
-        h, w = resized.shape[-2:]
-        tops = torch.randint(0, h - crop + 1, (len(which),), generator=generator)
-        lefts = torch.randint(0, w - crop + 1, (len(which),), generator=generator)
-        for j, i in enumerate(which.tolist()):
-            out[i] = resized[j, :, tops[j]:tops[j] + crop, lefts[j]:lefts[j] + crop]
-    return out
-
-
-def pca_lighting_stats(images: torch.Tensor, max_pixels: int = 2_000_000, seed: int = 0) -> dict[str, list]:
-    """Eigen-decomposition of the 3x3 covariance of the training RGB pixel values (0..255),
-    AlexNet's colour augmentation that section 3.1 adopts."""
-    pixels = images.permute(1, 0, 2, 3).reshape(3, -1)
-    if pixels.shape[1] > max_pixels:
-        pixels = pixels[:, torch.randperm(pixels.shape[1], generator=torch.Generator().manual_seed(seed))[:max_pixels]]
-    eigval, eigvec = torch.linalg.eigh(torch.cov(pixels.to(torch.float64)))
-    return {"eigval": eigval.tolist(), "eigvec": eigvec.tolist()}   # eigvec columns are the components
-
-
-def pca_lighting(x: torch.Tensor, stats: dict[str, list], std: float, generator: torch.Generator) -> torch.Tensor:
-    """Add sum_i alpha_i * lambda_i * p_i to every pixel of an image, alpha_i ~ N(0, std)
-    drawn per image (AlexNet section 4.1); ``x`` is float on the 0..255 scale."""
-    eigval = torch.tensor(stats["eigval"], dtype=x.dtype)
-    eigvec = torch.tensor(stats["eigvec"], dtype=x.dtype)
-    alpha = torch.randn(len(x), 3, generator=generator, dtype=x.dtype) * std
-    shift = (alpha * eigval) @ eigvec.T                                    # (N, 3)
-    return x + shift[:, :, None, None]
 
 
 # ---- the streaming path: data sets that do not fit in memory or differ in image size ----
@@ -420,16 +335,35 @@ class StreamingImages(torch.utils.data.Dataset):
     """``root/<class>/*`` read image by image in DataLoader workers: each image rescaled to
     its scale S and cropped to ``crop``, so batches are (B, 3, crop, crop) uint8."""
 
-    def __init__(self, items: list[tuple[Path, int]], classes: list[str], crop: int,
-                 scale: tuple[int, int], train: bool, seed: int = 0) -> None:
+    def __init__(self, items: list[tuple[Path, int]], classes: list[str], crop: int = 224,
+                 scale: tuple[int, int] = (256, 256), train: bool = False, seed: int = 0, epoch: int = 0,
+                 flip: bool = False, lighting: dict | None = None, lighting_std: float = 0.0) -> None:
         self.items, self.classes, self.crop, self.scale, self.train, self.seed = items, classes, crop, scale, train, seed
-        self.epoch = 0
-        self.flip, self.lighting, self.lighting_std = False, None, 0.0   # set by the trainer
+        self.epoch, self.flip, self.lighting, self.lighting_std = epoch, flip, lighting, lighting_std
         self.skipped: list[str] = []
         self.labels = torch.tensor([y for _, y in items], dtype=torch.int64)
 
+    def view(self, **transform: object) -> "StreamingImages":
+        """The same images with other transform settings (crop, scale, train, epoch, flip, lighting ...)."""
+        settings = {k: getattr(self, k) for k in ("crop", "scale", "train", "seed", "epoch", "flip", "lighting",
+                                                  "lighting_std")}
+        view = StreamingImages(self.items, self.classes, **{**settings, **transform})
+        view.skipped, view.labels = self.skipped, self.labels
+        return view
+
+    def statistics_sample(self, n: int, seed: int, crop: int, scale: tuple[int, int]) -> torch.Tensor:
+        """``n`` seeded centre crops at the middle training scale, for the mean RGB (2.1) and
+        PCA statistics (3.1): decoding every photograph would take an epoch."""
+        view = self.subset(random_subset(len(self), min(n, len(self)), seed)).view(train=False, crop=crop, scale=scale)
+        return torch.stack([view[i][0] for i in range(len(view))])
+
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def image_size(self) -> int | None:
+        """None: photographs of varied sizes (rescaled to S and cropped, 3.1)."""
+        return None
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.items[i]
@@ -448,8 +382,7 @@ class StreamingImages(torch.utils.data.Dataset):
 
     def subset(self, index: torch.Tensor) -> "StreamingImages":
         view = StreamingImages([self.items[i] for i in index.tolist()], self.classes, self.crop, self.scale,
-                               self.train, self.seed)
-        view.flip, view.lighting, view.lighting_std = self.flip, self.lighting, self.lighting_std
+                               self.train, self.seed, self.epoch, self.flip, self.lighting, self.lighting_std)
         view.skipped = self.skipped
         return view
 
@@ -457,3 +390,8 @@ class StreamingImages(torch.utils.data.Dataset):
         """One batch per tensor of indices, in order (the epoch's permutation: resumable)."""
         return torch.utils.data.DataLoader(self, batch_sampler=[b.tolist() for b in batches if len(b)],
                                            num_workers=workers, persistent_workers=False)
+
+
+def random_subset(n: int, k: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded random subset of ``k`` out of ``n`` (for quick runs on part of a data set)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values

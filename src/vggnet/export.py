@@ -18,7 +18,7 @@ def export_onnx(weights: str | Path, out: str | Path, dense: bool = False, opset
     if dense:
         model = to_dense(model)
     model = model.eval().float()
-    size = model.min_input_size if dense else int(meta.get("input_size", 224))
+    size = model.min_input_size if dense else meta.input_size
     example = torch.randn(2, 3, size + (37 if dense else 0), size + (70 if dense else 0))
     batch = torch.export.Dim("batch", min=1, max=4096)
     dims = {0: batch}

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model import VGG
-from .weights import load_weights
+from .preprocess import TORCHVISION_PREPROCESSING, Preprocessing
+from .weights import ModelSpec, load_weights
 
 CONTENT_LAYERS = ("conv2_2",)                                        # Johnson et al. 2016: relu2_2
 STYLE_LAYERS = ("conv1_2", "conv2_2", "conv3_3", "conv4_3")          # Johnson et al. 2016
@@ -31,24 +32,17 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
 class PerceptualLoss(nn.Module):
     """Feature (content) loss and Gram (style) loss of a frozen VGG on named layers."""
 
-    def __init__(self, model: VGG, meta: dict | None = None, content_layers: tuple[str, ...] = CONTENT_LAYERS,
+    def __init__(self, model: VGG, meta: ModelSpec | None = None, content_layers: tuple[str, ...] = CONTENT_LAYERS,
                  style_layers: tuple[str, ...] = STYLE_LAYERS, style_weight: float = 0.0) -> None:
         super().__init__()
-        meta = meta or {}
         self.model = model.eval().requires_grad_(False)
         unknown = [n for n in (*content_layers, *style_layers) if n not in model.layer_names()]
         if unknown:
             raise ValueError(f"unknown layer names {unknown}; valid: {', '.join(model.layer_names())}")
         self.content_layers, self.style_layers, self.style_weight = content_layers, style_layers, style_weight
-        order = [2, 1, 0] if meta.get("channel_order", "RGB") == "BGR" else [0, 1, 2]
-        if "mean" in meta:      # the model's own preprocessing; no std means mean subtraction only
-            mean, std = meta["mean"], meta.get("std") or [1.0, 1.0, 1.0]
-        else:                   # torchvision's ImageNet normalisation
-            mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
-        mean, std = torch.tensor(mean), torch.tensor(std)
-        self.register_buffer("order", torch.tensor(order), persistent=False)
-        self.register_buffer("mean", mean.view(1, 3, 1, 1) / 255, persistent=False)
-        self.register_buffer("std", std.view(1, 3, 1, 1) / 255, persistent=False)
+        # the model's own preprocessing; without a description, torchvision's ImageNet one
+        self.preprocess = meta.preprocessing if meta is not None and meta.mean is not None else \
+            Preprocessing(**{k: tuple(v) for k, v in TORCHVISION_PREPROCESSING.items() if k != "channel_order"})
 
     @classmethod
     def from_weights(cls, path: str | Path, **kwargs: object) -> "PerceptualLoss":
@@ -57,7 +51,7 @@ class PerceptualLoss(nn.Module):
 
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named activations of RGB images in [0, 1], (N, 3, H, W)."""
-        x = (images[:, self.order] - self.mean) / self.std
+        x = self.preprocess.normalize_unit(images)
         return self.model.extract(x, [*self.content_layers, *self.style_layers])
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -13,17 +13,10 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from . import runtime
 from .model import VGG, fold_batchnorm
 
 PRECISIONS = ("fp32", "bf16", "int8")
-
-
-def bf16_supported() -> bool:
-    """True where the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def quantize_int8(model: VGG, calibration: Iterable[torch.Tensor]) -> VGG:
@@ -65,7 +58,7 @@ class InferenceNet(nn.Module):
         if compile and precision == "int8":
             raise ValueError("compile works with fp32 or bf16, not int8 (FX-quantized modules)")
         self.precision = precision
-        if precision == "bf16" and not bf16_supported():
+        if precision == "bf16" and not runtime.bf16_supported():
             warnings.warn("bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX) is emulated: about 8x slower "
                           "than fp32 on an AVX2-only CPU (BENCHMARKS.md section 17); use fp32 here", stacklevel=2)
         if precision == "int8":

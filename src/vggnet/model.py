@@ -16,10 +16,9 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from .configs import CONFIGS, INITS, LRN_SETTINGS, parse_token, resolve_config
+from .configs import CONFIGS, INITS, LRN_SETTINGS, parse_token, resolve_config, weight_layers
 
 HEADS = ("paper", "cifar", "dense")
-WEIGHT_LAYERS = {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19}  # Table 1 headings
 NormLayer = Callable[[int], nn.Module]
 
 
@@ -278,7 +277,7 @@ def _builder(config: str, batch_norm: bool) -> Callable[..., VGG]:
     def build(*, num_classes: int = 1000, head: str = "paper", init: str = "kaiming", dropout: float = 0.5) -> VGG:
         return build_model(config, batch_norm=batch_norm, num_classes=num_classes, head=head,
                            init=init, dropout=dropout)
-    build.__name__ = f"vgg{WEIGHT_LAYERS[config]}{'_bn' if batch_norm else ''}"
+    build.__name__ = f"vgg{weight_layers(config)}{'_bn' if batch_norm else ''}"
     build.__doc__ = f"Configuration {config} of Table 1{' with BatchNorm' if batch_norm else ''}; see build_model."
     return build
 

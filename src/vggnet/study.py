@@ -13,8 +13,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .configs import CONFIGS, STUDY_CONFIGS, Recipe, get_recipe, resolve_config
-from .evaluate import PROTOCOLS, evaluate
+from .configs import STUDY_CONFIGS, Recipe, get_recipe, resolve_config, weight_layers
+from .evaluation import PROTOCOLS, evaluate
 
 # The paper's ILSVRC-2012 validation errors (top-1 %, top-5 %). Its Tables 3 and 4 use
 # dense evaluation (3.2): Table 3 at one test scale, Table 4 at three; Table 5 compares
@@ -69,7 +69,8 @@ def canonical_config(name: str) -> str:
 
 def train_run(run: StudyRun, out: Path, recipe: Recipe, data: str, batch_norm: bool, **settings: object) -> Path:
     """Train one run (resuming it when a checkpoint is there, skipping it when finished)."""
-    from .train import RunSettings, train
+    from .settings import RunSettings
+    from .training import train
     folder = out / run.name
     if (folder / "results.json").is_file():
         return folder
@@ -223,8 +224,7 @@ def plot_study(summary: dict, configs: list[str], path: Path) -> None:
         rows = summarize(config, batch_norm=summary["batch_norm"], input_size=(size, size),
                          head=summary["head"], num_classes=summary["num_classes"],
                          width=summary["width"])
-        layers = sum(1 for t in CONFIGS[config] if t.startswith("conv")) + 3
         t = totals(rows)
-        points.append({"config": config, "layers": layers, "params_m": t["params"] / 1e6, "macs_m": t["macs"] / 1e6,
+        points.append({"config": config, "layers": weight_layers(config), "params_m": t["params"] / 1e6, "macs_m": t["macs"] / 1e6,
                        "top1": r["top1"], "top1_std": r["top1_std"]})
     plot_study_points(points, path)

@@ -1,17 +1,20 @@
-"""Weights in and out: our safetensors format, and torchvision's checkpoints.
+"""The weights file: one owner of its format, for training checkpoints and exported
+weights alike.
 
-A weights file is one safetensors file: tensors under ``model.`` (training checkpoints
-add ``optim.``, ``rng.`` ...) and a JSON header entry ``vggnet`` describing the model
-(configuration, BN, head, classes, preprocessing). Loading never unpickles objects:
-safetensors holds no code, and torchvision's ``.pth`` files are read with
-``torch.load(weights_only=True)``.
+A weights file is one safetensors file: tensors in groups (``model.`` the weights that
+evaluation uses; a training checkpoint adds ``train.``, ``optim.``, ``rng.``, ``epoch.``,
+``ema.``) and a JSON header under the key ``vggnet``: ``{"model": ModelSpec, "state": ...}``.
+:class:`ModelSpec` describes the network (configuration, BN, head, classes, width, dropout,
+input size, preprocessing) so that it is rebuilt from the file alone. There is one writer
+(temporary file, fsync, rename) and one reader. Loading never unpickles objects.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
-import re
+import os
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -19,22 +22,204 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .model import DENSE_SHAPES, HEADS, VGG, build_model
+from .configs import CONFIGS
+from .model import DENSE_SHAPES, HEADS, VGG, build_model, init_weights
+from .preprocess import CHANNEL_ORDERS, Preprocessing, eval_scales
 
-# Preprocessing on the 0..255 scale: torchvision's ImageNet mean/std, and Caffe's (Keras
-# "caffe" mode: BGR input, mean subtracted, no scaling; the paper's own, section 2.1).
-TORCHVISION_PREPROCESSING = {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "channel_order": "RGB"}
-CAFFE_PREPROCESSING = {"mean": [103.939, 116.779, 123.68], "std": None, "channel_order": "BGR"}
-
-_META_TYPES = {"config": str, "batch_norm": bool, "head": str, "num_classes": int, "width": (int, float),
-               "dropout": (int, float), "classes": list, "mean": list, "std": (list, type(None)),
-               "channel_order": str, "input_size": int, "dense_from": str, "wnids": list, "recipe": dict,
-               "source": str, "train_scale": (list, type(None)), "lighting": (dict, type(None))}
-_REQUIRED = ("config", "batch_norm", "head", "num_classes")
+MAX_CLASSES, MAX_INPUT = 100_000, 4096
 
 
 class WeightsError(ValueError):
     """A weights file that is missing, not ours, or inconsistent; the message names it."""
+
+
+@dataclass
+class ModelSpec:
+    """What a VGG is built from and what its weights file says about it (nanoGPT's config
+    object): the network, its classes, and the preprocessing it was trained with."""
+
+    config: str                                  # Table 1 letter, or B-5x5
+    batch_norm: bool = False
+    head: str = "paper"                          # paper, cifar or dense (model.make_head)
+    num_classes: int = 1000
+    width: float = 1.0                           # channel multiplier (1.0: the paper's)
+    dropout: float = 0.5
+    dense_from: str = "paper"                    # the head a dense net was converted from
+    classes: list[str] | None = None             # names, index order
+    wnids: list[str] | None = None               # ImageNet synset ids, index order
+    input_size: int = 224                        # the crop side the net was trained on
+    mean: list[float] | None = None              # 0..255 scale, in channel_order
+    std: list[float] | None = None               # None: mean subtraction only (2.1)
+    channel_order: str = "RGB"                   # BGR for Caffe/Keras weights
+    train_scale: list[int] | None = None         # [Smin, Smax] of 3.1, sets the test scales (3.2)
+    lighting: dict | None = None                 # PCA colour statistics of the training set (3.1)
+    recipe: dict | None = None                   # the training recipe that produced the weights
+    source: str | None = None                    # "torchvision", "keras": where converted weights came from
+
+    def __post_init__(self) -> None:
+        if self.head != "dense":       # a trained head is its own dense form's source (model.to_dense)
+            self.dense_from = self.head
+
+    @classmethod
+    def of(cls, model: VGG, **fields: object) -> "ModelSpec":
+        """The description of ``model``, with the other fields (classes, preprocessing) given."""
+        return cls(config=model.config, batch_norm=model.batch_norm, head=model.head,
+                   num_classes=model.num_classes, width=model.width, dropout=model.dropout,
+                   dense_from=model.dense_from, **fields)
+
+    def build(self, init: str = "kaiming") -> VGG:
+        """The network this describes (weights freshly initialised)."""
+        return build_model(self.config, batch_norm=self.batch_norm, num_classes=self.num_classes, head=self.head,
+                           width=self.width, dropout=self.dropout, dense_from=self.dense_from, init=init)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The single-scale test preprocessing of these weights (3.2; torchvision's transforms())."""
+        q, _ = eval_scales(self.input_size, self.train_scale)
+        return Preprocessing(tuple(self.mean or (0.0, 0.0, 0.0)), tuple(self.std) if self.std else None,
+                             self.channel_order, self.input_size, q)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.classes or [str(i) for i in range(self.num_classes)]
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, meta: dict, source: Path | str = "metadata") -> "ModelSpec":
+        """Check keys, types and ranges before anything is built; WeightsError names ``source``."""
+        if not isinstance(meta, dict):
+            raise WeightsError(f"{source}: metadata is not a JSON object")
+        missing = [k for k in ("config", "batch_norm", "head", "num_classes") if k not in meta]
+        if missing:
+            raise WeightsError(f"{source}: metadata lacks {', '.join(missing)}")
+        for key, value in meta.items():
+            if key not in _TYPES:
+                raise WeightsError(f"{source}: unknown metadata key {key!r}")
+            if not isinstance(value, _TYPES[key]) or (isinstance(value, bool) and _TYPES[key] in (int, (int, float))):
+                raise WeightsError(f"{source}: metadata {key!r} has type {type(value).__name__}")
+        spec = cls(**meta)
+        spec._check(source)
+        return spec
+
+    def _check(self, source: Path | str) -> None:
+        if self.config not in CONFIGS:
+            raise WeightsError(f"{source}: unknown configuration {self.config!r}; valid: {', '.join(CONFIGS)}")
+        if self.head not in HEADS or self.dense_from not in DENSE_SHAPES:
+            raise WeightsError(f"{source}: unknown head {self.head!r}")
+        if not 1 <= self.num_classes <= MAX_CLASSES or not 0 < self.width <= 4:
+            raise WeightsError(f"{source}: num_classes or width out of range")
+        if not 32 <= self.input_size <= MAX_INPUT:
+            raise WeightsError(f"{source}: input_size {self.input_size} out of range [32, {MAX_INPUT}]")
+        if self.classes is not None and len(self.classes) != self.num_classes:
+            raise WeightsError(f"{source}: {len(self.classes)} class names for {self.num_classes} classes")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and (len(value) != 3 or not all(isinstance(v, (int, float)) for v in value)):
+                raise WeightsError(f"{source}: {key} must be three numbers")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise WeightsError(f"{source}: channel_order must be RGB or BGR")
+
+
+_TYPES = {"config": str, "batch_norm": bool, "head": str, "num_classes": int, "width": (int, float),
+          "dropout": (int, float), "classes": list, "mean": list, "std": (list, type(None)),
+          "channel_order": str, "input_size": int, "dense_from": str, "wnids": list, "recipe": dict,
+          "source": str, "train_scale": (list, type(None)), "lighting": (dict, type(None))}
+
+
+def describe(model: VGG, classes: list[str] | None = None, **fields: object) -> ModelSpec:
+    """The ModelSpec of ``model`` with its class names and any other fields (preprocessing ...)."""
+    return ModelSpec.of(model, classes=list(classes) if classes is not None else None, **fields)
+
+
+# ---- the one writer and the one reader ------------------------------------------------------
+def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], header: dict) -> Path:
+    """Write safetensors atomically: a temporary file, fsync, then rename over ``path``,
+    so an interrupted write leaves the previous file whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"vggnet": json.dumps(header)})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_header(path: str | Path) -> dict:
+    """The JSON header of a weights file, in the current layout ({"model": ..., ...});
+    WeightsError for a missing file, a foreign one, or one without vggnet metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("vggnet")
+    except (SafetensorError, OSError, ValueError) as exc:
+        hint = " (a .pth/.pt file? convert it with `vggnet convert --from torchvision`)" if path.suffix in (".pth", ".pt") else ""
+        raise WeightsError(f"{path}: not a safetensors weights file{hint}: {exc}") from None
+    if raw is None:
+        raise WeightsError(f"{path}: safetensors file without vggnet metadata")
+    try:
+        header = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{path}: vggnet metadata is not JSON ({exc})") from None
+    if isinstance(header, dict) and "model" not in header and "config" in header:
+        header = {"model": header}     # files converted before checkpoints and weights shared a layout
+    return header
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """({"model": state_dict, "optim": ..., "rng": ...}, header) from a weights file."""
+    header = read_header(path)
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(str(path)).items():
+        group, _, name = key.partition(".")
+        groups.setdefault(group, {})[name] = value
+    return groups, header
+
+
+def read_metadata(path: str | Path) -> ModelSpec:
+    """The ModelSpec of a weights file, validated, without reading its tensors."""
+    return ModelSpec.from_dict(read_header(path).get("model"), path)
+
+
+def resolve_weights_path(path: str | Path) -> Path:
+    """A weights file, or a run folder (its best checkpoint, else its last)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.safetensors", "last.safetensors", "model.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise WeightsError(f"{path}: a folder without best.safetensors, last.safetensors or model.safetensors")
+    return path
+
+
+def save_weights(path: str | Path, model: VGG, spec: ModelSpec | dict) -> Path:
+    """Write ``model`` and its description as a weights file (the one writer)."""
+    spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec, path)
+    spec._check(path)
+    return write_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()}, {"model": spec.to_dict()})
+
+
+def load_weights(path: str | Path) -> tuple[VGG, ModelSpec]:
+    """(model in eval mode, its ModelSpec) from a training checkpoint, converted weights,
+    or a run folder."""
+    path = resolve_weights_path(path)
+    spec = read_metadata(path)
+    model = spec.build()
+    state = {k[len("model."):]: v for k, v in load_file(str(path)).items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path}: weights do not fit the model its metadata describes: {str(exc)[:300]}") from None
+    return model.eval(), spec
 
 
 def imagenet_classes() -> tuple[list[str], list[str]]:
@@ -42,127 +227,6 @@ def imagenet_classes() -> tuple[list[str], list[str]]:
     text = resources.files("vggnet").joinpath("imagenet_classes.tsv").read_text()
     rows = [line.split("\t") for line in text.splitlines() if line.strip()]
     return [r[1] for r in rows], [r[2] for r in rows]
-
-
-def validate_metadata(meta: dict, source: Path | str) -> dict:
-    """Check keys, types and ranges of a model description before it builds anything."""
-    missing = [k for k in _REQUIRED if k not in meta]
-    if missing:
-        raise WeightsError(f"{source}: metadata lacks {', '.join(missing)}")
-    for key, value in meta.items():
-        if key not in _META_TYPES:
-            raise WeightsError(f"{source}: unknown metadata key {key!r}")
-        if not isinstance(value, _META_TYPES[key]):
-            raise WeightsError(f"{source}: metadata {key!r} has type {type(value).__name__}")
-    if meta["head"] not in HEADS or meta.get("dense_from", "paper") not in DENSE_SHAPES:
-        raise WeightsError(f"{source}: unknown head {meta['head']!r}")
-    if not 1 <= meta["num_classes"] <= 100_000 or not 0 < meta.get("width", 1.0) <= 4:
-        raise WeightsError(f"{source}: num_classes or width out of range")
-    if "classes" in meta and len(meta["classes"]) != meta["num_classes"]:
-        raise WeightsError(f"{source}: {len(meta['classes'])} class names for {meta['num_classes']} classes")
-    for key in ("mean", "std"):
-        if meta.get(key) is not None and (len(meta[key]) != 3 or not all(isinstance(v, (int, float)) for v in meta[key])):
-            raise WeightsError(f"{source}: {key} must be three numbers")
-    if meta.get("channel_order", "RGB") not in ("RGB", "BGR"):
-        raise WeightsError(f"{source}: channel_order must be RGB or BGR")
-    return meta
-
-
-def model_from_metadata(meta: dict) -> VGG:
-    return build_model(meta["config"], batch_norm=meta["batch_norm"], num_classes=meta["num_classes"],
-                       head=meta["head"], width=meta.get("width", 1.0), dropout=meta.get("dropout", 0.5),
-                       dense_from=meta.get("dense_from", "paper"))
-
-
-def describe(model: VGG, classes: list[str] | None = None, **extra: object) -> dict:
-    """The metadata of a model: what rebuilds it, plus classes and preprocessing."""
-    meta = {"config": model.config, "batch_norm": model.batch_norm, "head": model.head,
-            "num_classes": model.num_classes, "width": model.width, "dropout": model.dropout,
-            "dense_from": model.dense_from}
-    if classes is not None:
-        meta["classes"] = list(classes)
-    meta.update(extra)
-    return meta
-
-
-def save_weights(path: str | Path, model: VGG, meta: dict) -> Path:
-    """Write ``model`` and its metadata as one safetensors file (via a temporary name)."""
-    path = Path(path)
-    validate_metadata(meta, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(tmp), metadata={"vggnet": json.dumps(meta)})
-    tmp.replace(path)
-    return path
-
-
-def read_metadata(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        hint = " (a .pth/.pt file? convert it with `vggnet convert --from torchvision`)" if path.suffix in (".pth", ".pt") else ""
-        raise WeightsError(f"{path}: not a safetensors weights file{hint}: {exc}") from None
-    if "vggnet" not in header:
-        raise WeightsError(f"{path}: safetensors file without vggnet metadata")
-    meta = json.loads(header["vggnet"])
-    return validate_metadata(meta.get("model", meta), path)
-
-
-def load_weights(path: str | Path) -> tuple[VGG, dict]:
-    """(model in eval mode, metadata) from a training checkpoint or converted weights."""
-    meta = read_metadata(path)
-    model = model_from_metadata(meta)
-    state = {k[len("model."):]: v for k, v in load_file(str(path)).items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise WeightsError(f"{path}: weights do not fit the model its metadata describes: {str(exc)[:300]}") from None
-    return model.eval(), meta
-
-
-def save_imagenet_weights(out: str | Path, model: VGG, source: str, preprocessing: dict) -> Path:
-    """Save converted 224-px weights with their preprocessing and, for 1,000 classes, the
-    ImageNet class names and wnids (so folders named by wnid map to the right outputs)."""
-    extra: dict = {"source": source, **preprocessing, "input_size": 224}
-    classes = None
-    if model.num_classes == 1000:
-        extra["wnids"], classes = imagenet_classes()
-    return save_weights(out, model, describe(model, classes, **extra))
-
-
-def _torchvision_layout(state: dict[str, torch.Tensor], source: Path) -> tuple[str, bool, int]:
-    """Infer (configuration, batch_norm, num_classes) from a torchvision VGG state dict."""
-    convs = sorted({int(m.group(1)) for k in state if (m := re.fullmatch(r"features\.(\d+)\.weight", k))
-                    and state[k].ndim == 4})
-    batch_norm = any(k.endswith("running_mean") for k in state)
-    by_depth = {8: "A", 10: "B", 13: "D", 16: "E"}
-    if len(convs) not in by_depth or "classifier.6.weight" not in state:
-        raise WeightsError(f"{source}: not a torchvision VGG state dict ({len(convs)} convs)")
-    return by_depth[len(convs)], batch_norm, state["classifier.6.weight"].shape[0]
-
-
-def convert_torchvision(src: str | Path, out: str | Path) -> Path:
-    """torchvision ``vgg*.pth`` (any of the eight builders) to our format, with ImageNet
-    class names and torchvision's preprocessing when it has 1,000 classes."""
-    src = Path(src)
-    try:
-        state = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refuses code: UnpicklingError and friends
-        raise WeightsError(f"{src}: refused or unreadable as plain weights (torch.load weights_only=True): "
-                           f"{str(exc).splitlines()[0][:200]}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{src}: expected a state dict of tensors")
-    config, batch_norm, num_classes = _torchvision_layout(state, src)
-    model = build_model(config, batch_norm=batch_norm, num_classes=num_classes)
-    model.load_state_dict(state, strict=True)
-    return save_imagenet_weights(out, model, "torchvision", TORCHVISION_PREPROCESSING)
 
 
 # Section 3.1: "we initialised the first four convolutional layers and the last three
@@ -175,15 +239,13 @@ def warm_start(model: VGG, source: str | Path) -> list[str]:
     """Initialise ``model`` from a checkpoint: everything when the source is the same net
     (fine-tuning at a new scale, 3.1); from a net A, the paper's seven layers, the rest
     drawn from N(0, 0.01). Returns the names of the layers copied."""
-    from .model import init_weights
-
-    src_model, meta = load_weights(source)
-    if (meta["config"], meta["batch_norm"], meta["head"]) == (model.config, model.batch_norm, model.head):
+    src_model, spec = load_weights(source)
+    if (spec.config, spec.batch_norm, spec.head) == (model.config, model.batch_norm, model.head):
         model.load_state_dict(src_model.state_dict())
         return model.layer_names()
-    if meta["config"] not in ("A", "A-LRN"):
+    if spec.config not in ("A", "A-LRN"):
         raise WeightsError(f"{source}: warm start copies from configuration A or from the same net "
-                           f"({model.config}); this checkpoint is {meta['config']}")
+                           f"({model.config}); this checkpoint is {spec.config}")
     init_weights(model, "paper")
     src, dst = src_model.named_layers(), model.named_layers()
     for name in WARM_START_LAYERS:
@@ -193,91 +255,3 @@ def warm_start(model: VGG, source: str | Path) -> list[str]:
                                    f"the model needs {tuple(b.weight.shape)}")
             b.load_state_dict(a.state_dict())
     return list(WARM_START_LAYERS)
-
-
-def _keras_arrays(path: Path) -> dict[str, list]:
-    """{layer name: [kernel, bias]} from a Keras VGG16/VGG19 weights file, in either layout:
-    Keras 2's ``*_tf_dim_ordering_tf_kernels.h5`` (attributes ``layer_names``/``weight_names``)
-    or Keras 3's ``.weights.h5`` (``layers/<name>/vars/<i>``)."""
-    try:
-        import h5py
-    except ImportError:
-        raise WeightsError("reading Keras weights needs h5py: pip install h5py") from None
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise WeightsError(f"{path}: not an HDF5 file ({exc})") from None
-    layers: dict[str, list] = {}
-    with f, _keras_errors(path):
-        root = f["model_weights"] if "model_weights" in f else f
-        if "layer_names" in root.attrs:                                   # Keras 2 / legacy h5
-            for raw in root.attrs["layer_names"]:
-                name = raw.decode() if isinstance(raw, bytes) else str(raw)
-                group = root[name]
-                names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
-                if names:
-                    layers[name] = [group[n][()] for n in names]
-        elif "layers" in root:                                            # Keras 3 .weights.h5
-            for name, group in root["layers"].items():
-                if "vars" in group and len(group["vars"]):
-                    layers[name] = [group["vars"][str(i)][()] for i in range(len(group["vars"]))]
-        else:
-            raise WeightsError(f"{path}: neither a Keras 2 nor a Keras 3 weights file")
-    return _keras_layer_names(layers)
-
-
-@contextlib.contextmanager
-def _keras_errors(path: Path):
-    try:
-        yield
-    except KeyError as exc:
-        raise WeightsError(f"{path}: incomplete Keras weights file ({exc})") from None
-
-
-def _keras_layer_names(layers: dict[str, list]) -> dict[str, list]:
-    """Keras 3 stores layers under generic names in creation order (conv2d, conv2d_1, ...,
-    dense, dense_1, dense_2); give them the names of keras.applications' VGG."""
-    if any(n.startswith("block") for n in layers):
-        return layers
-    order = lambda n: int(n.rsplit("_", 1)[1]) if "_" in n else 0  # noqa: E731
-    convs = sorted((n for n in layers if n.startswith("conv2d")), key=order)
-    dense = sorted((n for n in layers if n.startswith("dense")), key=order)
-    per_block = {13: [2, 2, 3, 3, 3], 16: [2, 2, 4, 4, 4]}.get(len(convs))
-    if per_block is None or len(dense) != 3:
-        return layers
-    names = [f"block{b + 1}_conv{i + 1}" for b, n in enumerate(per_block) for i in range(n)]
-    renamed = {new: layers[old] for new, old in zip(names, convs)}
-    renamed.update(zip(("fc1", "fc2", "predictions"), (layers[d] for d in dense)))
-    return renamed
-
-
-def convert_keras(src: str | Path, out: str | Path) -> Path:
-    """Keras ``VGG16``/``VGG19`` weights to ours: kernels HWIO -> OIHW, Dense (in, out) ->
-    (out, in), fc1's rows reordered from Keras's channels-last flatten (h, w, c) to ours
-    (c, h, w); Caffe preprocessing (BGR, mean subtraction, no scaling) recorded."""
-    src = Path(src)
-    layers = _keras_arrays(src)
-    convs = sorted((n for n in layers if re.fullmatch(r"block\d_conv\d", n)), key=lambda n: (n[5], n[-1]))
-    config = {13: "D", 16: "E"}.get(len(convs))
-    if config is None or not {"fc1", "fc2", "predictions"} <= set(layers):
-        raise WeightsError(f"{src}: expected Keras VGG16 or VGG19 with its top (fc1, fc2, predictions); "
-                           f"found {len(convs)} conv layers and {sorted(n for n in layers if not n.startswith('block'))}")
-    num_classes = int(layers["predictions"][0].shape[1])
-    model = build_model(config, num_classes=num_classes)
-    state = model.state_dict()
-    conv_keys = [k for k in state if k.startswith("features.") and k.endswith(".weight")]
-    for key, name in zip(conv_keys, convs):
-        kernel, bias = layers[name]
-        state[key] = torch.from_numpy(kernel).permute(3, 2, 0, 1).contiguous()        # HWIO -> OIHW
-        state[key.replace("weight", "bias")] = torch.from_numpy(bias)
-    fc1 = torch.from_numpy(layers["fc1"][0])                                          # (h*w*c, 4096)
-    side = int(round((fc1.shape[0] // 512) ** 0.5))
-    if side != 7:
-        raise WeightsError(f"{src}: fc1 reads a {side}x{side} map; only 224x224 Keras models convert")
-    fc1 = fc1.reshape(7, 7, 512, -1).permute(2, 0, 1, 3).reshape(7 * 7 * 512, -1)     # rows (h, w, c) -> (c, h, w)
-    for idx, name, kernel in ((0, "fc1", fc1), (3, "fc2", None), (6, "predictions", None)):
-        k = kernel if kernel is not None else torch.from_numpy(layers[name][0])
-        state[f"classifier.{idx}.weight"] = k.T.contiguous()
-        state[f"classifier.{idx}.bias"] = torch.from_numpy(layers[name][1])
-    model.load_state_dict(state)
-    return save_imagenet_weights(out, model, "keras", CAFFE_PREPROCESSING)

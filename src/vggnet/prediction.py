@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import IMAGE_EXTENSIONS, DataError, center_crop, read_image, rescale
-from .evaluate import EvalModel
+from .data import IMAGE_EXTENSIONS, DataError, read_image
+from .evaluation import EvalModel
 from .model import VGG
 from .weights import load_weights
 
@@ -33,10 +33,6 @@ def list_images(target: str | Path) -> list[Path]:
     raise DataError(f"{path}: no such file or folder")
 
 
-def class_names(meta: dict) -> list[str]:
-    return meta.get("classes") or [str(i) for i in range(meta["num_classes"])]
-
-
 @torch.no_grad()
 def predict(target: str | Path, weights: str | Path, topk: int = 5, batch_size: int = 32,
             precision: str = "fp32", compile: bool = False) -> list[dict]:
@@ -46,7 +42,7 @@ def predict(target: str | Path, weights: str | Path, topk: int = 5, batch_size: 
     if precision == "int8":
         raise ValueError("predict runs in fp32 or bf16; int8 needs calibration images (vggnet eval --precision int8)")
     m = EvalModel(*load_weights(weights)).use_precision(precision, compile=compile)
-    names, (q, _) = class_names(m.meta), m.scales()
+    names = m.meta.class_names
     k = max(1, min(topk, len(names)))
     results: list[dict] = []
     files = list_images(target)
@@ -69,7 +65,7 @@ def predict(target: str | Path, weights: str | Path, topk: int = 5, batch_size: 
             flush()
             results.append({"path": str(path), "error": str(exc)})
             continue
-        pending.append((path, center_crop(rescale(image[None], q), m.crop)[0]))
+        pending.append((path, m.preprocess.crop_images(image[None])[0]))
         if len(pending) == batch_size:
             flush()
     flush()
@@ -121,10 +117,9 @@ def save_cam(image_path: str | Path, weights: str | Path | EvalModel, out: str |
     import matplotlib.pyplot as plt
 
     m = weights if isinstance(weights, EvalModel) else EvalModel(*load_weights(weights))
-    q, _ = m.scales()
-    crop = center_crop(rescale(read_image(Path(image_path))[None], q), m.crop)
+    crop = m.preprocess.crop_images(read_image(Path(image_path))[None])
     cam, index = grad_cam(m.model, m.prepare(crop), layer=layer)
-    name = class_names(m.meta)[index]
+    name = m.meta.class_names[index]
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(crop[0].permute(1, 2, 0).numpy())
     ax.imshow(cam.numpy(), cmap="jet", alpha=0.45)

@@ -9,6 +9,7 @@ fully convolutional form of the net.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -19,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import IMAGE_EXTENSIONS, DataError, center_crop, read_image, rescale
+from .data import IMAGE_EXTENSIONS, DataError, read_image
 from .inference import InferenceNet
 from .model import VGG, to_dense
-from .weights import load_weights
+from .preprocess import Preprocessing, eval_scales, rescale
+from .weights import ModelSpec, load_weights
 
 PROTOCOLS = ("single", "dense", "multi-scale", "multi-crop", "dense+multi-crop")
 PAPER_TABLE = {"single": "Table 3", "dense": "Table 3", "multi-scale": "Table 4", "multi-crop": "Table 5",
@@ -42,24 +44,24 @@ def grid_crops(x: torch.Tensor, size: int, n: int = 5) -> torch.Tensor:
 # ---- one model, prepared for evaluation --------------------------------------------
 @dataclass
 class EvalModel:
-    """A model with its dense form, preprocessing, crop size and test scales; ``net`` and
+    """A model with its dense form, description, preprocessing and test scales; ``net`` and
     ``dense_net`` score at the chosen precision (fp32 until :meth:`use_precision`)."""
 
     model: VGG
-    meta: dict
+    meta: ModelSpec
     dense: VGG = field(init=False)
-    crop: int = field(init=False)
+    preprocess: Preprocessing = field(init=False)
     precision: str = field(init=False, default="fp32")
 
     def __post_init__(self) -> None:
         self.model.eval()
         self.dense = to_dense(self.model).eval()
-        self.crop = int(self.meta.get("input_size", 224))
-        order = [2, 1, 0] if self.meta.get("channel_order", "RGB") == "BGR" else [0, 1, 2]
-        self.order = order
-        self.mean = torch.tensor(self.meta.get("mean") or [0.0, 0.0, 0.0]).view(1, 3, 1, 1)
-        self.std = torch.tensor(self.meta.get("std") or [1.0, 1.0, 1.0]).view(1, 3, 1, 1)
+        self.preprocess = self.meta.preprocessing
         self._nets: tuple[InferenceNet, InferenceNet] | None = None   # built on first use, once
+
+    @property
+    def crop(self) -> int:
+        return self.preprocess.crop
 
     @property
     def net(self) -> InferenceNet:
@@ -90,19 +92,10 @@ class EvalModel:
         return self
 
     def scales(self) -> tuple[int, list[int]]:
-        """(single-scale Q, the three multi-scale Qs), section 4.2: for a net trained at a
-        fixed S, Q in {S-32, S, S+32} (scaled to the image size); jittered [Smin, Smax]:
-        {Smin, (Smin+Smax)/2, Smax} with Q = (Smin+Smax)/2 for one scale."""
-        train_scale = self.meta.get("train_scale")
-        if train_scale:
-            lo, hi = train_scale
-            mid = (lo + hi) // 2
-            return mid, [lo, mid, hi]
-        s = 256 if self.crop == 224 else self.crop          # torchvision's and the paper's S=256
-        step = max(1, round(s / 8))                          # 32 at S=256
-        return s, [max(self.crop, s - step), s, s + step]
+        """(single-scale Q, the three multi-scale Qs) of section 4.2 (see preprocess.eval_scales)."""
+        return eval_scales(self.crop, self.meta.train_scale)
 
-    def test_scales(self, scales: list[int] | None) -> tuple[int, list[int]]:
+    def chosen_scales(self, scales: list[int] | None) -> tuple[int, list[int]]:
         """(Q, multi-scale Qs): given ``scales`` (the middle one is Q), else from training."""
         if scales:
             return scales[len(scales) // 2], list(scales)
@@ -110,8 +103,7 @@ class EvalModel:
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 RGB -> the model's input: channel order, mean subtraction, std division."""
-        x = x[:, self.order].float()
-        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.preprocess.normalize(x)
 
     @torch.no_grad()
     def softmax(self, net: InferenceNet, x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
@@ -120,7 +112,7 @@ class EvalModel:
 
     def single(self, images: torch.Tensor, q: int) -> torch.Tensor:
         """Rescale to Q, centre crop (Table 3's single-scale crop)."""
-        return self.softmax(self.net, center_crop(rescale(images, q), self.crop))
+        return self.softmax(self.net, dataclasses.replace(self.preprocess, resize=q).crop_images(images))
 
     def dense_eval(self, images: torch.Tensor, qs: list[int]) -> torch.Tensor:
         """Section 3.2: the whole image through the fully convolutional net, the score map
@@ -142,7 +134,7 @@ class EvalModel:
 
     def posteriors(self, images: torch.Tensor, protocols: list[str], scales: list[int] | None) -> dict[str, torch.Tensor]:
         """{protocol: (B, classes) averaged softmax}; combined protocols reuse their parts."""
-        q, multi = self.test_scales(scales)
+        q, multi = self.chosen_scales(scales)
         parts: dict[str, torch.Tensor] = {}
         need = set(protocols)
         if "single" in need:
@@ -159,16 +151,16 @@ class EvalModel:
 
 
 # ---- data -----------------------------------------------------------------------------
-def label_index(meta: dict) -> dict[str, int]:
+def label_index(meta: ModelSpec) -> dict[str, int]:
     """Names a folder or file prefix may use for each class of the model: wnids and names."""
     index: dict[str, int] = {}
-    for key in ("classes", "wnids"):
-        for i, name in enumerate(meta.get(key) or []):
+    for names in (meta.classes, meta.wnids):
+        for i, name in enumerate(names or []):
             index.setdefault(name, i)
     return index
 
 
-def list_labelled_images(root: Path, meta: dict) -> list[tuple[Path, int]]:
+def list_labelled_images(root: Path, meta: ModelSpec) -> list[tuple[Path, int]]:
     """(image, class index of the model) for ``root/<class>/*`` or for a flat folder of
     ``<wnid>_<anything>.JPEG`` files; a data set root with ``test/`` uses that split."""
     root = Path(root)
@@ -229,8 +221,7 @@ def calibration_images(data: Path, m: EvalModel, n: int = 256) -> torch.Tensor:
     source = data / "train" if (data / "train").is_dir() else data
     items = list_labelled_images(source, m.meta)
     keep = torch.randperm(len(items), generator=torch.Generator().manual_seed(1))[:n].tolist()
-    q, _ = m.scales()
-    return torch.cat([center_crop(rescale(read_image(items[i][0])[None], q), m.crop) for i in keep])
+    return torch.cat([m.preprocess.crop_images(read_image(items[i][0])[None]) for i in keep])
 
 
 def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] | None = None,
@@ -251,8 +242,8 @@ def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] |
         m.use_precision(precision, calibration_images(Path(data), m) if precision == "int8" else None, compile)
     first = models[0].meta
     for w, m in zip(weights, models):
-        if m.meta["num_classes"] != first["num_classes"]:
-            raise ValueError(f"{w}: {m.meta['num_classes']} classes, {weights[0]} has {first['num_classes']}")
+        if m.meta.num_classes != first.num_classes:
+            raise ValueError(f"{w}: {m.meta.num_classes} classes, {weights[0]} has {first.num_classes}")
     items = list_labelled_images(Path(data), first)
     if limit and limit < len(items):   # a seeded random subset, so every class is represented
         keep = torch.randperm(len(items), generator=torch.Generator().manual_seed(0))[:limit].sort().values
@@ -281,7 +272,7 @@ def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] |
 
 
 def _scales_text(m: EvalModel, protocol: str, scales: list[int] | None) -> str:
-    q, multi = m.test_scales(scales)
+    q, multi = m.chosen_scales(scales)
     return str(q) if protocol in ("single", "dense") else ",".join(map(str, multi))
 
 

@@ -1,0 +1,134 @@
+"""Batches for the trainer: one interface over both data paths, each owning its augmentation.
+
+:class:`TensorLoader` (airbench's path) slices the in-memory uint8 tensor by a permutation
+and augments each batch as whole tensors; :class:`StreamLoader` reads images in DataLoader
+workers, which rescale, crop, flip and colour-shift them one by one. Both yield model
+inputs (mean subtracted, channels-last) and labels, so the training loop does not ask
+which one it has. Section 3.1's augmentation: scale jittering, random crops, flips and
+the PCA colour shift; Cutout (not in the paper) where the recipe asks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .augment import cutout, pca_lighting, random_crop_flip, scale_jitter_crop
+from .configs import Recipe
+from .data import StreamingImages, TensorData
+from .distributed import World, shard
+from .preprocess import Preprocessing
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The training transforms of a recipe (3.1), with the statistics they need."""
+
+    crop: int                              # training crop side
+    scale: tuple[int, int] | None          # S drawn from [Smin, Smax]; None: crops of the stored size
+    padding: int                           # reflect padding of the random crop when there is no scale
+    flip: bool
+    lighting: dict | None                  # PCA colour statistics (augment.pca_lighting_stats); None: off
+    lighting_std: float
+    cutout: int                            # square side; 0: off
+
+    @classmethod
+    def of(cls, recipe: Recipe, crop: int, scale: tuple[int, int] | None, lighting: dict | None) -> "Augmentation":
+        return cls(crop, scale, recipe.crop_padding, recipe.flip, lighting, recipe.lighting, recipe.cutout)
+
+
+class TensorLoader:
+    """In-memory batches: index slices of the uint8 tensor, augmented whole. Under torchrun
+    every rank augments the global batch (one generator, the same on every rank) and keeps
+    its shard, so a run's augmentation does not depend on the number of ranks."""
+
+    def __init__(self, data: TensorData, preprocess: Preprocessing, augmentation: Augmentation,
+                 generator: torch.Generator, world: World) -> None:
+        self.data, self.preprocess, self.aug, self.gen, self.world = data, preprocess, augmentation, generator, world
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.data.labels
+
+    def train_batches(self, order: torch.Tensor, batch_size: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(this rank's inputs, labels, size of the global batch) for each batch of ``order``."""
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            x, y = self.augment(self.data.images[idx]), self.data.labels[idx]
+            part = shard(len(y), self.world)
+            yield x[part], y[part], len(y)
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 batch -> model input (3.1): scale jittering and random crops, PCA colour
+        shift, mean subtraction, flips, then Cutout; whole-batch tensor operations."""
+        a = self.aug
+        if a.scale:
+            images = scale_jitter_crop(images, a.scale[0], a.scale[1], a.crop, self.gen)
+        x = images.to(torch.float32)
+        if a.lighting:
+            x = pca_lighting(x, a.lighting, a.lighting_std, self.gen)
+        x = self.preprocess.normalize(x, channels_last=False)
+        x = random_crop_flip(x, 0 if a.scale else a.padding, a.flip, self.gen)
+        return finish(x, a, self.gen)
+
+    def eval_batches(self, order: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+        """Test-time inputs (3.2: rescaled to Q, centre-cropped) and labels, in ``order``."""
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            yield self.preprocess(self.data.images[idx]), self.data.labels[idx]
+
+
+class StreamLoader:
+    """Streamed batches: DataLoader workers read, rescale, crop, flip and colour-shift each
+    image (a generator per (seed, epoch, image): the same crops whatever the workers);
+    each rank reads only its shard of every global batch."""
+
+    def __init__(self, data: StreamingImages, preprocess: Preprocessing, augmentation: Augmentation,
+                 generator: torch.Generator, world: World, workers: int, seed: int) -> None:
+        self.data, self.preprocess, self.aug, self.gen, self.world = data, preprocess, augmentation, generator, world
+        self.workers, self.seed = workers, seed
+        scale = augmentation.scale or (256, 256)
+        self.train_view = data.view(crop=augmentation.crop, scale=scale, train=True, seed=seed, flip=augmentation.flip,
+                                    lighting=augmentation.lighting, lighting_std=augmentation.lighting_std)
+        self.test_view = data.view(crop=preprocess.crop, scale=(preprocess.resize, preprocess.resize), train=False)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.data.labels
+
+    def train_batches(self, order: torch.Tensor, batch_size: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        mine = [c[shard(len(c), self.world)] for c in chunks]
+        for (images, y), chunk in zip(self.train_view.view(epoch=epoch).loader(mine, self.workers), chunks):
+            yield finish(self.preprocess.normalize(images, channels_last=False), self.aug, self.gen), y, len(chunk)
+
+    def eval_batches(self, order: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+        chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        for images, y in self.test_view.loader(chunks, self.workers):
+            yield self.preprocess.normalize(images), y
+
+
+def finish(x: torch.Tensor, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
+    """Cutout where the recipe asks for it, then the channels-last layout of the step."""
+    if aug.cutout:
+        x = cutout(x, aug.cutout, generator)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def make_loader(data: TensorData | StreamingImages, preprocess: Preprocessing, augmentation: Augmentation,
+                generator: torch.Generator, world: World, workers: int = 2,
+                seed: int = 0) -> TensorLoader | StreamLoader:
+    """The loader for ``data``'s kind: in memory or streamed."""
+    if isinstance(data, StreamingImages):
+        return StreamLoader(data, preprocess, augmentation, generator, world, workers, seed)
+    return TensorLoader(data, preprocess, augmentation, generator, world)

@@ -1,0 +1,415 @@
+"""Training: one loop for every recipe of :data:`vggnet.configs.RECIPES`.
+
+The trainer wires the stages together: settings (:mod:`vggnet.settings`), data and its
+batches (:mod:`vggnet.data`, :mod:`vggnet.loader`), the model (:mod:`vggnet.weights`'
+ModelSpec), the schedule (:mod:`vggnet.schedule`), checkpoints (:mod:`vggnet.checkpoint`)
+and the final report (:mod:`vggnet.report`). The step runs in bf16 autocast and
+channels-last where the CPU supports it (:mod:`vggnet.runtime`). Every epoch appends to
+``metrics.jsonl`` and writes an atomic checkpoint, so ``--resume`` continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from . import runtime
+from .augment import channel_stats, pca_lighting_stats
+from .checkpoint import TrainState, restore_tensors, training_tensors
+from .configs import Recipe
+from .data import holdout_size, load_dataset, random_subset, split_validation
+from .distributed import World, barrier, convert_sync_batchnorm, gather, setup, shard, teardown
+from .loader import Augmentation, make_loader
+from .model import VGG
+from .report import accuracy, final_report
+from .schedule import Schedule
+from .settings import RunSettings, recipe_changes, resolve_settings, settings_changes
+from .weights import ModelSpec, read_checkpoint, warm_start, write_checkpoint
+
+
+class Trainer:
+    """Holds the model, data, optimizer and schedule of one run; ``fit`` runs it."""
+
+    def __init__(self, settings: RunSettings, resume: bool = False) -> None:
+        self.s = settings.resolved()     # a copy, every default rule applied
+        self.out = Path(self.s.out)
+        runtime.set_threads(self.s.threads)
+        self.world: World = setup(self.s.threads)
+        created = not self.out.exists()
+        try:
+            self._prepare(resume)
+        except BaseException:   # a bad --data or --out: leave the process group, and no folder, behind
+            teardown(self.world)
+            if created and self.world.main:
+                shutil.rmtree(self.out, ignore_errors=True)
+            raise
+
+    @property
+    def r(self) -> Recipe:
+        """The run's recipe, as the schedule holds it (a budget sets its epochs)."""
+        return self.schedule.recipe
+
+    @r.setter
+    def r(self, recipe: Recipe) -> None:
+        self.schedule.recipe = recipe
+
+    def _prepare(self, resume: bool) -> None:
+        """Run folder, seeds, data, model and optimizer; the last checkpoint when resuming."""
+        s = self.s
+        self.schedule = Schedule(s.recipe, steps_per_epoch=1, budget_min=s.budget_min)
+        self._check_out_dir()
+        restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"   # torchrun brought us back
+        resume = resume or (restarted and (self.out / "last.safetensors").is_file())
+        if not resume and (self.out / "last.safetensors").is_file():
+            raise ValueError(f"{self.out} already holds a run (last.safetensors): add --resume to continue it, "
+                             "or choose another --out")
+        runtime.fast_cpu_defaults()
+        torch.manual_seed(s.seed)
+        random.seed(s.seed)
+        self.gen = torch.Generator().manual_seed(s.seed + 1)   # permutation and augmentation
+        self._load_data()
+        self._build_model()
+        self.schedule.steps_per_epoch = max(1, len(self.train) // self.r.batch_size)
+        self.state = TrainState()
+        self.stop_requested, self.steps_this_process, self.started = False, 0, time.monotonic()
+        if resume:
+            self.load_checkpoint(self.out / "last.safetensors")
+
+    def _load_data(self) -> None:
+        """Train/validation/test loaders, and the model's description from the training set's
+        statistics: mean RGB (2.1), std, and the PCA colour basis (3.1) when the recipe shifts colours."""
+        s, r = self.s, self.r
+        train, test = load_dataset(s.data, Path(s.download) if s.download else None,
+                                   stream=s.stream, skip_bad=s.skip_bad)
+        if train.skipped and self.world.main:
+            (self.out / "skipped.txt").write_text("\n".join(train.skipped) + "\n")
+        if s.limit_train:
+            train = train.subset(random_subset(len(train), s.limit_train, s.seed))
+        if s.limit_test:
+            test = test.subset(random_subset(len(test), s.limit_test, s.seed))
+        train, val = split_validation(train, holdout_size(s.val_size, len(train)), s.seed)
+        crop = r.crop_size or train.image_size or 224
+        scale = r.train_scale or (None if train.image_size else (256, 256))
+        sample = train.statistics_sample(2000, s.seed, crop, scale)
+        mean, std = channel_stats(sample)
+        lighting = pca_lighting_stats(sample) if r.lighting else None
+        self.spec = ModelSpec(s.config, s.batch_norm, head=r.head, num_classes=len(train.classes), width=s.width,
+                              dropout=r.dropout, classes=list(train.classes), input_size=crop, mean=mean,
+                              std=std if s.divide_std else None, train_scale=list(scale) if scale else None,
+                              lighting=lighting)
+        augmentation = Augmentation.of(r, crop, scale, lighting)
+        self.train, self.val, self.test = (make_loader(d, self.spec.preprocessing, augmentation, self.gen, self.world,
+                                                       s.workers, s.seed) for d in (train, val, test))
+
+    def _build_model(self) -> None:
+        """The model (warm-started if asked), DDP around it under torchrun, and the optimizer."""
+        s, r = self.s, self.r
+        self.model = self.spec.build(init=r.init)
+        self.model.checkpoint_activations = s.checkpoint_activations
+        if s.init_from:
+            warm_start(self.model, s.init_from)
+        if s.sync_bn and self.world.size > 1:
+            convert_sync_batchnorm(self.model, cuda=self.world.device.startswith("cuda"))
+        self.model = self.model.to(self.world.device, memory_format=torch.channels_last)
+        self.net: torch.nn.Module = self.model    # what the step runs: the model, or DDP around it
+        if not 0.0 <= r.ema < 1.0:
+            raise ValueError(f"ema (--ema) must be a decay in [0, 1), 0 for off; got {r.ema}")
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(r.ema), use_buffers=True)
+                    if r.ema else None)
+        if self.world.size > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+        self.opt = make_optimizer(self.model, r)
+
+    def _check_out_dir(self) -> None:
+        """Fail before training, not after the first epoch, if the run folder is not writable."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / f".write-test-{self.world.rank}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise ValueError(f"output folder {self.out} is not writable: {exc.strerror or exc}") from None
+
+    @property
+    def eval_model(self) -> VGG:
+        """What validation, test and the checkpoints' ``model.`` weights use: the moving
+        average of the weights when the recipe keeps one, else the trained weights."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # ---- one step, one epoch -------------------------------------------------
+    def _should_stop(self) -> bool:
+        """A step or time limit, Ctrl-C or SIGTERM; under torchrun, any rank's stop stops all."""
+        s = self.s
+        stop = (bool(s.stop_after_steps) and self.steps_this_process >= s.stop_after_steps) or self.stop_requested
+        stop = stop or bool(s.time_limit_min and time.monotonic() - self.started > 60 * s.time_limit_min)
+        if self.world.size > 1:
+            flag = torch.tensor([float(stop)])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
+    def train_epoch(self) -> dict[str, float] | None:
+        """One pass over the training set (or the rest of it, after a mid-epoch resume);
+        None when stopped early, with the position kept for the checkpoint."""
+        self.model.train()
+        st, bs, steps = self.state, self.r.batch_size, self.schedule.steps_per_epoch
+        st.start_epoch(len(self.train), self.gen)
+        p = st.partial     # the epoch so far, across a stop and --resume (its time too, for metrics.jsonl)
+        start, data_time, seen_here = time.perf_counter(), p["data_s"], 0
+        fetched = start
+        bar = tqdm(range(st.batch_in_epoch, steps), desc=f"epoch {st.epoch + 1}/{self.r.epochs}",
+                   leave=False, disable=None if self.world.main else True, dynamic_ncols=True)
+        assert st.perm is not None
+        batches = self.train.train_batches(st.perm[st.batch_in_epoch * bs:steps * bs], bs, st.epoch)
+        for i in bar:
+            if self._should_stop():     # before the batch is augmented: its randomness stays unspent
+                p["time_s"], p["data_s"] = p["time_s"] + time.perf_counter() - start, data_time
+                return None
+            x, y, global_batch = next(batches)
+            data_time += time.perf_counter() - fetched    # reading the batch and augmenting it
+            lr = self.schedule.lr_at(st.step)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            loss, logits = forward_backward(self.net, x, y, self.r.micro_batch, self.r.label_smoothing,
+                                            self.r.precision, global_batch, self.world.size)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {st.epoch + 1}, step {i + 1}, "
+                                         f"lr {lr:.3g}; the last good checkpoint is {self.out / 'last.safetensors'}")
+            self.opt.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            st.step, st.batch_in_epoch, self.steps_this_process = st.step + 1, i + 1, self.steps_this_process + 1
+            p["loss_sum"] += loss.item() * len(y)
+            p["correct"] += (logits.argmax(1) == y).sum().item()
+            p["seen"] += len(y)
+            seen_here += len(y)
+            if i % self.s.log_every == 0 or i == steps - 1:
+                bar.set_postfix(loss=f"{p['loss_sum'] / p['seen']:.3f}", acc=f"{p['correct'] / p['seen']:.3f}",
+                                lr=f"{lr:.3g}", img_s=f"{seen_here / (time.perf_counter() - start):.0f}")
+            fetched = time.perf_counter()
+        st.perm = None
+        return self._epoch_stats(p["time_s"] + time.perf_counter() - start, data_time)
+
+    def _epoch_stats(self, elapsed: float, data_time: float) -> dict[str, float]:
+        """The epoch's loss and accuracy over every rank's shard, its time and speed."""
+        p = self.state.partial
+        if self.world.size > 1:
+            totals = torch.tensor([p["loss_sum"], p["correct"], p["seen"]], dtype=torch.float64)
+            torch.distributed.all_reduce(totals)
+            p = dict(zip(("loss_sum", "correct", "seen"), totals.tolist()))
+        return {"train_loss": p["loss_sum"] / max(p["seen"], 1), "train_acc": p["correct"] / max(p["seen"], 1),
+                "train_time_s": elapsed, "data_time_s": data_time, "images_per_s": p["seen"] / elapsed,
+                "lr": self.schedule.lr}
+
+    @torch.no_grad()
+    def predict(self, data: object, batch_size: int = 500, model: VGG | None = None) -> torch.Tensor:
+        """Logits of ``model`` (default: :attr:`eval_model`) for a whole loader's images at the
+        single test scale (3.2); with the recipe's tta_flip, averaged with the mirror image."""
+        model = (model or self.eval_model).eval()
+        out = []
+        mine = torch.arange(len(data))[shard(len(data), self.world)]   # each rank scores its part
+        for x, _ in data.eval_batches(mine, batch_size):
+            with runtime.autocast(self.r.precision):
+                logits = model(x).float()
+                if self.r.tta_flip:
+                    logits = (logits + model(x.flip(-1)).float()) / 2
+            out.append(logits)
+        return gather(torch.cat(out), self.world)
+
+    # ---- the run ----------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train to the end of the schedule (or a stop), then report on the test set."""
+        self._write_run_json()
+        if self.r.precision == "bf16" and not runtime.bf16_supported() and self.world.main:
+            tqdm.write("bf16 autocast asked for, but this CPU has no native bf16 (AVX-512 BF16 or AMX): "
+                       "training in fp32 (run.json: machine.bf16_native is false)")
+        previous = _install_stop_handlers(self._on_signal)
+        try:
+            while not self.schedule.finished(self.state.epoch):
+                stats = self.train_epoch()
+                if stats is None:  # stopped mid-epoch: keep the exact position
+                    return self._stopped()
+                self._end_epoch(stats)
+            return final_report(self)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _end_epoch(self, stats: dict) -> None:
+        """Validate, let the schedule react, checkpoint, log one line."""
+        st = self.state
+        st.epoch += 1
+        t0 = time.perf_counter()
+        val_acc = accuracy(self.predict(self.val), self.val.labels) if len(self.val) else stats["train_acc"]
+        stats.update(epoch=st.epoch, val_acc=val_acc, eval_time_s=time.perf_counter() - t0)
+        if self.schedule.budget_min and st.epoch == 1:
+            self.fit_to_budget(stats["train_time_s"] + stats["eval_time_s"])
+        is_best = self.schedule.after_epoch(val_acc)
+        self.save_checkpoint(self.out / "last.safetensors")
+        if is_best:
+            self.save_checkpoint(self.out / "best.safetensors")
+        if not self.world.main:
+            return
+        with open(self.out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(stats) + "\n")
+        tqdm.write(f"epoch {st.epoch}: loss {stats['train_loss']:.4f} train {stats['train_acc']:.4f} "
+                   f"val {val_acc:.4f} lr {stats['lr']:.4g} {stats['images_per_s']:.0f} img/s "
+                   f"({stats['train_time_s']:.0f} s)")
+
+    def _stopped(self) -> dict:
+        self.save_checkpoint(self.out / "last.safetensors")
+        if self.world.main:
+            tqdm.write(f"stopped at epoch {self.state.epoch + 1}, step {self.state.batch_in_epoch}; "
+                       f"continue with vggnet train --resume {self.out}")
+        return {"stopped": True, "epoch": self.state.epoch, "step": self.state.step}
+
+    def fit_to_budget(self, epoch_s: float) -> None:
+        """Set the schedule's length to the epochs that fit the budget at epoch 1's pace (the slowest rank's)."""
+        if self.world.size > 1:
+            pace = torch.tensor([epoch_s])
+            torch.distributed.all_reduce(pace, op=torch.distributed.ReduceOp.MAX)
+            epoch_s = pace.item()
+        epochs = self.schedule.fit_to_budget(epoch_s)
+        self._write_run_json()
+        if self.world.main:
+            tqdm.write(f"budget {self.schedule.budget_min:g} min: epoch 1 took {epoch_s:.1f} s, so {epochs} epochs")
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stop_requested = True
+
+    # ---- checkpoints ---------------------------------------------------------------
+    def metadata(self) -> ModelSpec:
+        """The model's description with the recipe now in force."""
+        return dataclasses.replace(self.spec, recipe=dataclasses.asdict(self.r))
+
+    def settings(self) -> RunSettings:
+        """The run's settings with the recipe now in force (a budget sets its epochs)."""
+        return dataclasses.replace(self.s, recipe=self.r, budget_min=self.schedule.budget_min)
+
+    def _write_run_json(self) -> None:
+        if not self.world.main:
+            return
+        (self.out / "run.json").write_text(json.dumps({"settings": self.settings().to_dict(),
+                                                       "model": self.metadata().to_dict(),
+                                                       "machine": runtime.machine()}, indent=2))
+
+    def save_checkpoint(self, path: Path) -> None:
+        """The weights, their description, the settings and the train state in one file."""
+        tensors = training_tensors(self.model, self.ema, self.opt, self.gen, self.state)
+        header = {"model": self.metadata().to_dict(), "settings": self.settings().to_dict(),
+                  "state": {**self.state.header(), **self.schedule.state_dict()}}
+        if self.world.main:   # one writer; the others wait until the file is complete
+            write_checkpoint(path, tensors, header)
+        barrier(self.world)
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Continue the run in ``path``: refused if the model, the recipe or another setting
+        differs from the run's (only the length and time limits may change)."""
+        if not path.is_file():
+            raise ValueError(f"cannot resume: no checkpoint at {path}")
+        groups, header = read_checkpoint(path)
+        m, st = header["model"], header["state"]
+        if (m["config"], m["batch_norm"], m["num_classes"]) != (self.spec.config, self.spec.batch_norm,
+                                                                self.spec.num_classes):
+            raise ValueError(f"{path}: checkpoint is config {m['config']} bn={m['batch_norm']} with {m['num_classes']} "
+                             f"classes, the run wants {self.spec.config} bn={self.spec.batch_norm} with "
+                             f"{self.spec.num_classes}")
+        if (self.ema is not None) != ("train" in groups):
+            raise ValueError(f"{path}: checkpoint was trained {'with' if 'train' in groups else 'without'} a moving "
+                             f"average of the weights (ema); resume it with the recipe it was started with")
+        self.schedule.load_state_dict(st, m.get("recipe", {}).get("epochs", self.r.epochs), st["epoch"], path)
+        changed = recipe_changes(m.get("recipe", {}), self.r)
+        if changed:
+            raise ValueError(f"{path}: the run was started with another recipe ({changed}); resume it with the "
+                             "options it was started with (see its run.json), or train into a new --out")
+        if "settings" in header:
+            changed = settings_changes(RunSettings.from_dict(header["settings"]), self.s)
+            if changed:
+                raise ValueError(f"{path}: the run was started with other settings ({changed}); resume it with "
+                                 "`vggnet train --resume RUN_DIR` alone, or train into a new --out")
+        self.state = TrainState.restore(st, restore_tensors(groups, self.model, self.ema, self.opt, self.gen))
+        if self.schedule.finished(self.state.epoch) and (self.out / "results.json").is_file():
+            raise ValueError(f"{self.out} is finished ({self.state.epoch} of {self.r.epochs} epochs): give --epochs "
+                             f"above {self.r.epochs} to continue it, or see its results.json")
+        if self.world.main:
+            tqdm.write(f"resuming {self.out} at epoch {self.state.epoch + 1} of {self.r.epochs}")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """Weight decay on conv/FC weights; BN parameters and biases (1-d tensors) optionally spared."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 and not decay_norm_and_bias else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer: SGD with momentum (3.1), optionally Nesterov's."""
+    if recipe.optimizer != "sgd":
+        raise ValueError(f"unknown optimizer {recipe.optimizer!r} in recipe {recipe.name!r}; valid: sgd")
+    return torch.optim.SGD(param_groups(model, recipe.weight_decay, recipe.decay_norm_and_bias),
+                           lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+
+
+def forward_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, micro_batch: int,
+                     label_smoothing: float, precision: str, global_batch: int = 0,
+                     world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of the mean loss over the global batch, accumulated over micro-batches of
+    ``micro_batch`` examples (0: one pass), so the paper's batch of 256 fits any memory.
+    Under DDP (which averages over ranks) each rank's loss is weighted by its share."""
+    for p in model.parameters():
+        p.grad = None
+    size, scale = micro_batch or len(y), world_size / (global_batch or len(y))
+    chunks = list(zip(x.split(size), y.split(size)))
+    total, all_logits = torch.zeros(()), []
+    for j, (xc, yc) in enumerate(chunks):
+        last = j == len(chunks) - 1
+        sync = model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()
+        with sync, runtime.autocast(precision):
+            logits = model(xc)
+            loss = F.cross_entropy(logits.float(), yc, label_smoothing=label_smoothing) * (len(yc) * scale)
+            if not torch.isfinite(loss):
+                return loss.detach(), logits.detach()
+            loss.backward()
+        total += loss.detach()
+        all_logits.append(logits.detach())
+    return total, torch.cat(all_logits)
+
+
+def _install_stop_handlers(handler: Callable) -> dict:
+    """Ctrl-C and SIGTERM ask the loop to checkpoint and stop at the next step (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def train(settings: RunSettings | None = None, *, resume: bool = False, **options: object) -> dict:
+    """Train one run end to end: the Python API behind ``vggnet train``. Give RunSettings, or
+    options as keywords (``config="vgg11_bn", data="photos", epochs=4``: RunSettings and
+    recipe fields, ``recipe="paper"``), resolved by the same rules as the command line."""
+    if settings is None:
+        settings = resolve_settings(resume=resume, **options)
+    elif options:
+        raise ValueError("give RunSettings or keyword options, not both")
+    trainer = Trainer(settings, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        teardown(trainer.world)
