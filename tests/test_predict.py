@@ -69,13 +69,22 @@ def test_predict_cli_json_and_cam(tmp_path, weights, capsys):
     assert "no such file or folder" in capsys.readouterr().err
 
 
-def test_grad_cam_highlights_what_drives_the_class():
+def test_grad_cam_is_hot_where_the_evidence_is_and_zero_where_there_is_none():
+    """An image that is zero but for its bottom-right corner, through a net with zero biases:
+    conv3_2 (receptive field 26 px, stride 4) sees nothing in the top-left half, so the map
+    must be exactly 0 there, and its peak must lie in the corner that holds the signal."""
     torch.manual_seed(0)
     model = build_model("A", num_classes=2, head="cifar", width=1 / 16, init="glorot").eval()
-    x = torch.zeros(1, 3, 64, 64)
-    x[..., 40:, 40:] = 3.0                       # only the bottom-right corner carries signal
-    cam, index = grad_cam(model, x)
-    assert cam.shape == (64, 64) and 0 <= cam.min() and cam.max() == pytest.approx(1.0)
-    assert index in (0, 1)
+    x = torch.zeros(1, 3, 128, 128)
+    x[..., 96:, 96:] = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 3
+    cam, index = grad_cam(model, x, layer="conv3_2")
+    assert cam.shape == (128, 128) and cam.min() >= 0 and cam.max() == pytest.approx(1.0)
+    assert cam[:60, :].max() == 0 and cam[:, :60].max() == 0        # no evidence reaches these pixels
+    peak = divmod(int(cam.argmax()), 128)
+    assert peak[0] >= 70 and peak[1] >= 70
+    assert cam[96:, 96:].sum() > 0.5 * cam.sum()
+    assert index == int(model(x).argmax(1))                        # the predicted class by default
+    other, chosen = grad_cam(model, x, class_index=1 - index, layer="conv3_2")
+    assert chosen == 1 - index and other.shape == (128, 128)
     with pytest.raises(ValueError, match="unknown layer 'conv9_9'"):
         grad_cam(model, x, layer="conv9_9")

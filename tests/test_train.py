@@ -217,13 +217,22 @@ def test_accumulated_micro_batches_equal_one_large_batch():
 TINY_WIDTH = 1 / 16
 
 
+def single_scale_accuracy(weights: Path, data: Path) -> float:
+    """Top-1 accuracy by `vggnet eval --protocol single` (fp32): the same preprocessing as training's test path."""
+    from vggnet.evaluation import evaluate
+    return 1 - evaluate([weights], data, ["single"])["rows"][0]["top1_error"]
+
+
 def test_scale_jitter_lighting_run_records_its_statistics(dataset, tmp_path):
     settings = tiny(dataset, tmp_path / "jit", epochs=1)
-    settings.recipe = settings.recipe.replace(train_scale=(32, 48), lighting=0.1, micro_batch=8)
+    settings.recipe = settings.recipe.replace(train_scale=(32, 48), lighting=0.1, micro_batch=8, precision="fp32",
+                                              tta_flip=False)
     result = train(settings)
     meta = read_checkpoint(tmp_path / "jit" / "last.safetensors")[1]["model"]
     assert meta["train_scale"] == [32, 48] and len(meta["lighting"]["eigval"]) == 3 and meta["input_size"] == 32
-    assert 0 <= result["final_test_acc"] <= 1
+    # the trainer tests at Q = 40, centre crop 32, as eval does from the weights' metadata (3.2); 144 test images
+    assert result["final_test_acc"] == pytest.approx(single_scale_accuracy(tmp_path / "jit" / "last.safetensors",
+                                                                           dataset), abs=1.5 / 144)
 
 
 def test_streaming_path_trains_on_photos_of_any_size(tmp_path):
@@ -282,11 +291,33 @@ def test_moving_average_follows_its_formula(dataset, tmp_path):
     assert not torch.equal(two["model"][key], two["train"][key])
 
 
+def build_model_from(header: dict):
+    from vggnet.weights import ModelSpec
+    return ModelSpec.from_dict(header["model"]).build()
+
+
+def save_weights(path: Path, model, spec: dict, state: dict) -> Path:
+    from vggnet.weights import save_weights as save
+    model.load_state_dict(state)
+    return save(path, model, spec)
+
+
 def test_moving_average_run_resumes_exactly_and_reports_both(dataset, tmp_path):
-    result = train(ema_run(dataset, tmp_path / "full"))
-    assert 0.0 <= result["final_test_acc_without_ema"] <= 1.0 and "final_test_acc" in result
-    assert train(ema_run(dataset, tmp_path / "cut", stop_after_steps=11))["stopped"]
-    train(ema_run(dataset, tmp_path / "cut"), resume=True)
+    settings = ema_run(dataset, tmp_path / "full")
+    settings.recipe = settings.recipe.replace(precision="fp32", tta_flip=False)
+    result = train(settings)
+    groups, header = read_checkpoint(tmp_path / "full" / "last.safetensors")
+    save_weights(tmp_path / "trained.safetensors", build_model_from(header), header["model"], groups["train"])
+    assert result["final_test_acc_without_ema"] == pytest.approx(
+        single_scale_accuracy(tmp_path / "trained.safetensors", dataset), abs=1.5 / 144)
+    assert result["final_test_acc"] == pytest.approx(
+        single_scale_accuracy(tmp_path / "full" / "last.safetensors", dataset), abs=1.5 / 144)
+    stopping = ema_run(dataset, tmp_path / "cut", stop_after_steps=11)
+    stopping.recipe = stopping.recipe.replace(precision="fp32", tta_flip=False)
+    assert train(stopping)["stopped"]
+    cut = ema_run(dataset, tmp_path / "cut")
+    cut.recipe = cut.recipe.replace(precision="fp32", tta_flip=False)
+    train(cut, resume=True)
     full, _ = read_checkpoint(tmp_path / "full" / "last.safetensors")
     cut, _ = read_checkpoint(tmp_path / "cut" / "last.safetensors")
     for group in ("model", "train", "ema"):

@@ -20,6 +20,7 @@ from .configs import Recipe, get_recipe, model_name, resolve_config
 DEFAULT_CONFIG = "vgg16_bn"
 # What a resumed run may change: its length and limits, and how this machine runs it.
 RESUMABLE = {"budget_min", "time_limit_min", "stop_after_steps", "threads", "workers", "log_every"}
+PER_PROCESS = {"stop_after_steps": 0, "time_limit_min": 0.0}   # not carried over to a resumed process
 RECIPE_FIELDS = {f.name for f in dataclasses.fields(Recipe)} - {"name"}
 
 
@@ -113,7 +114,7 @@ def resolve_settings(resume: bool = False, recipe: str | Recipe | None = None, *
     if resume:
         if not options.get("out"):
             raise ValueError("--resume needs the run folder: --resume RUN_DIR (or --out RUN_DIR --resume)")
-        base = saved_settings(options["out"])
+        base = dataclasses.replace(saved_settings(options["out"]), **PER_PROCESS)   # limits of the stopped process end with it
         if "config" in options and "batch_norm" not in options:   # a name given again decides BN again
             options["batch_norm"] = None
         start = get_recipe(recipe) if isinstance(recipe, str) and recipe != base.recipe.name else \
