@@ -52,3 +52,19 @@ def test_train_command_tiny(tmp_path, capsys):
     assert run["settings"]["batch_norm"] is False and run["model"]["batch_norm"] is False   # resolved: A is plain
     assert run["settings"]["recipe"]["name"] == "fast-plain"        # the default recipe for a net without BN
     assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs"] == 1
+
+
+def test_summary_does_not_import_the_training_stack():
+    code = ("import sys; from vggnet.cli import main; main(['summary', '--config', 'A', '--format', 'csv']); "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('vggnet'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = set(out.splitlines()[-1].split())
+    assert {"vggnet.summary", "vggnet.model", "vggnet.runtime"} <= loaded
+    assert not loaded & {"vggnet.training", "vggnet.data", "vggnet.loader", "vggnet.evaluation", "vggnet.weights"}
+
+
+def test_the_package_top_is_the_api_the_commands_call():
+    import vggnet
+    from vggnet import evaluation, prediction, training, weights
+    assert (vggnet.train, vggnet.evaluate, vggnet.predict, vggnet.load_weights) == (
+        training.train, evaluation.evaluate, prediction.predict, weights.load_weights)

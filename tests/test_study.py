@@ -3,7 +3,7 @@ import pytest
 from conftest import write_image_folder
 from vggnet.cli import main
 from vggnet.configs import CONFIGS, get_recipe
-from vggnet.evaluation import PROTOCOLS
+from vggnet.configs import PROTOCOLS
 from vggnet.study import aggregate, claims, format_study, plan_runs, study
 from vggnet.summary import summarize
 

@@ -9,9 +9,19 @@ The file itself is written and read by :mod:`vggnet.weights`, the format's one o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.optim.swa_utils import AveragedModel
+from tqdm import tqdm
+
+from .distributed import barrier
+from .settings import RunSettings, recipe_changes, settings_changes
+from .weights import read_checkpoint, write_checkpoint
+
+if TYPE_CHECKING:
+    from .training import Trainer
 
 
 def fresh_partial() -> dict[str, float]:
@@ -80,3 +90,47 @@ def restore_tensors(groups: dict[str, dict[str, torch.Tensor]], model: torch.nn.
     torch.set_rng_state(groups["rng"]["torch"])
     generator.set_state(groups["rng"]["gen"])
     return groups.get("epoch", {}).get("perm")
+
+
+def save_training_checkpoint(trainer: "Trainer", path: Path) -> None:
+    """The weights, their description, the settings and the train state in one file."""
+    tensors = training_tensors(trainer.model, trainer.ema, trainer.opt, trainer.gen, trainer.state)
+    header = {"model": trainer.metadata().to_dict(), "settings": trainer.settings().to_dict(),
+              "state": {**trainer.state.header(), **trainer.schedule.state_dict()}}
+    if trainer.world.main:   # one writer; the others wait until the file is complete
+        write_checkpoint(path, tensors, header)
+    barrier(trainer.world)
+
+
+def resume_training_checkpoint(trainer: "Trainer", path: Path) -> None:
+    """Continue the run in ``path``: refused if the model, the recipe or another setting
+    differs from the run's (only the length and time limits may change)."""
+    if not path.is_file():
+        raise ValueError(f"cannot resume: no checkpoint at {path}")
+    groups, header = read_checkpoint(path)
+    m, st = header["model"], header["state"]
+    if (m["config"], m["batch_norm"], m["num_classes"]) != (trainer.spec.config, trainer.spec.batch_norm,
+                                                            trainer.spec.num_classes):
+        raise ValueError(f"{path}: checkpoint is config {m['config']} bn={m['batch_norm']} with {m['num_classes']} "
+                         f"classes, the run wants {trainer.spec.config} bn={trainer.spec.batch_norm} with "
+                         f"{trainer.spec.num_classes}")
+    if (trainer.ema is not None) != ("train" in groups):
+        raise ValueError(f"{path}: checkpoint was trained {'with' if 'train' in groups else 'without'} a moving "
+                         f"average of the weights (ema); resume it with the recipe it was started with")
+    trainer.schedule.load_state_dict(st, m.get("recipe", {}).get("epochs", trainer.r.epochs), st["epoch"], path)
+    changed = recipe_changes(m.get("recipe", {}), trainer.r)
+    if changed:
+        raise ValueError(f"{path}: the run was started with another recipe ({changed}); resume it with the "
+                         "options it was started with (see its run.json), or train into a new --out")
+    if "settings" in header:
+        changed = settings_changes(RunSettings.from_dict(header["settings"]), trainer.s)
+        if changed:
+            raise ValueError(f"{path}: the run was started with other settings ({changed}); resume it with "
+                             "`vggnet train --resume RUN_DIR` alone, or train into a new --out")
+    perm = restore_tensors(groups, trainer.model, trainer.ema, trainer.opt, trainer.gen)
+    trainer.state = TrainState.restore(st, perm)
+    if trainer.schedule.finished(trainer.state.epoch) and (trainer.out / "results.json").is_file():
+        raise ValueError(f"{trainer.out} is finished ({trainer.state.epoch} of {trainer.r.epochs} epochs): "
+                         f"give --epochs above {trainer.r.epochs} to continue it, or see its results.json")
+    if trainer.world.main:
+        tqdm.write(f"resuming {trainer.out} at epoch {trainer.state.epoch + 1} of {trainer.r.epochs}")

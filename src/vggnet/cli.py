@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from .configs import INITS, RECIPES, STUDY_CONFIGS
+from .configs import INITS, PROTOCOLS, RECIPES, STUDY_CONFIGS
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -124,7 +124,6 @@ def _run_summary(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from .evaluation import PROTOCOLS
     p = sub.add_parser("eval", help="top-1/top-5 error with the paper's test protocols (section 3.2)")
     p.add_argument("--weights", action="append", required=True,
                    help="weights or checkpoint (.safetensors); give several times for an ensemble")
@@ -145,7 +144,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .evaluation import PROTOCOLS, evaluate, format_report
+    from .evaluation import evaluate, format_report
     protocols = list(PROTOCOLS) if args.protocol == "all" else [p.strip() for p in args.protocol.split(",")]
     report = evaluate(args.weights, args.data, protocols, args.scales, args.limit, args.batch_size, args.precision,
                       args.compile)

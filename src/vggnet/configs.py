@@ -102,6 +102,11 @@ PARAMETER_COUNTS: dict[str, int] = {
     "C": 133_638_952, "D": 138_357_544, "E": 143_667_240,
 }
 
+# The test protocols of section 3.2 and the table of the paper that reports each.
+PROTOCOLS = ("single", "dense", "multi-scale", "multi-crop", "dense+multi-crop")
+PAPER_TABLE = {"single": "Table 3", "dense": "Table 3", "multi-scale": "Table 4", "multi-crop": "Table 5",
+               "dense+multi-crop": "Table 5"}
+
 # LRN of A-LRN (section 2.2, AlexNet's setting: size 5, alpha 1e-4, beta 0.75, k 2).
 INITS = ("paper", "glorot", "kaiming", "he")  # weight initialisations, see model.init_weights
 

@@ -20,15 +20,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .configs import PAPER_TABLE, PROTOCOLS
 from .data import IMAGE_EXTENSIONS, DataError, read_image
 from .inference import InferenceNet
 from .model import VGG, to_dense
 from .preprocess import Preprocessing, eval_scales, rescale
 from .weights import ModelSpec, load_weights
 
-PROTOCOLS = ("single", "dense", "multi-scale", "multi-crop", "dense+multi-crop")
-PAPER_TABLE = {"single": "Table 3", "dense": "Table 3", "multi-scale": "Table 4", "multi-crop": "Table 5",
-               "dense+multi-crop": "Table 5"}
 
 
 # ---- image operations -------------------------------------------------------------

@@ -11,15 +11,21 @@ the PCA colour shift; Cutout (not in the paper) where the recipe asks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from .augment import cutout, pca_lighting, random_crop_flip, scale_jitter_crop
+from pathlib import Path
+
+from .augment import channel_stats, cutout, pca_lighting, pca_lighting_stats, random_crop_flip, scale_jitter_crop
 from .configs import Recipe
-from .data import StreamingImages, TensorData
+from .data import StreamingImages, TensorData, holdout_size, load_dataset, random_subset, split_validation
 from .distributed import World, shard
 from .preprocess import Preprocessing
+from .weights import ModelSpec
+
+if TYPE_CHECKING:
+    from .settings import RunSettings
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -132,3 +138,34 @@ def make_loader(data: TensorData | StreamingImages, preprocess: Preprocessing, a
     if isinstance(data, StreamingImages):
         return StreamLoader(data, preprocess, augmentation, generator, world, workers, seed)
     return TensorLoader(data, preprocess, augmentation, generator, world)
+
+
+Loader = TensorLoader | StreamLoader
+
+
+def run_data(s: "RunSettings", world: World, generator: torch.Generator,
+             out: Path) -> tuple[tuple[Loader, Loader, Loader], ModelSpec]:
+    """A run's (train, validation, test) loaders and the model's description: its classes,
+    crop and scale, and the training set's mean RGB (2.1), std, and PCA colour basis (3.1)
+    when the recipe shifts colours. Unreadable files skipped are listed in out/skipped.txt."""
+    r = s.recipe
+    train, test = load_dataset(s.data, Path(s.download) if s.download else None, stream=s.stream, skip_bad=s.skip_bad)
+    if train.skipped and world.main:
+        (out / "skipped.txt").write_text("\n".join(train.skipped) + "\n")
+    if s.limit_train:
+        train = train.subset(random_subset(len(train), s.limit_train, s.seed))
+    if s.limit_test:
+        test = test.subset(random_subset(len(test), s.limit_test, s.seed))
+    train, val = split_validation(train, holdout_size(s.val_size, len(train)), s.seed)
+    crop = r.crop_size or train.image_size or 224
+    scale = r.train_scale or (None if train.image_size else (256, 256))
+    sample = train.statistics_sample(2000, s.seed, crop, scale)
+    mean, std = channel_stats(sample)
+    lighting = pca_lighting_stats(sample) if r.lighting else None
+    spec = ModelSpec(s.config, s.batch_norm, head=r.head, num_classes=len(train.classes), width=s.width,
+                     dropout=r.dropout, classes=list(train.classes), input_size=crop, mean=mean,
+                     std=std if s.divide_std else None, train_scale=list(scale) if scale else None, lighting=lighting)
+    augmentation = Augmentation.of(r, crop, scale, lighting)
+    loaders = tuple(make_loader(d, spec.preprocessing, augmentation, generator, world, s.workers, s.seed)
+                    for d in (train, val, test))
+    return loaders, spec

@@ -13,8 +13,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .configs import STUDY_CONFIGS, Recipe, get_recipe, resolve_config, weight_layers
-from .evaluation import PROTOCOLS, evaluate
+from .configs import PROTOCOLS, STUDY_CONFIGS, Recipe, get_recipe, resolve_config, weight_layers
+from .evaluation import evaluate
 
 # The paper's ILSVRC-2012 validation errors (top-1 %, top-5 %). Its Tables 3 and 4 use
 # dense evaluation (3.2): Table 3 at one test scale, Table 4 at three; Table 5 compares

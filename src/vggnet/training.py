@@ -28,17 +28,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import runtime
-from .augment import channel_stats, pca_lighting_stats
-from .checkpoint import TrainState, restore_tensors, training_tensors
+from .checkpoint import TrainState, resume_training_checkpoint, save_training_checkpoint
 from .configs import Recipe
-from .data import holdout_size, load_dataset, random_subset, split_validation
-from .distributed import World, barrier, convert_sync_batchnorm, gather, setup, shard, teardown
-from .loader import Augmentation, make_loader
+from .distributed import World, convert_sync_batchnorm, gather, setup, shard, teardown
+from .loader import run_data
 from .model import VGG
 from .report import accuracy, final_report
 from .schedule import Schedule
-from .settings import RunSettings, recipe_changes, resolve_settings, settings_changes
-from .weights import ModelSpec, read_checkpoint, warm_start, write_checkpoint
+from .settings import RunSettings, resolve_settings
+from .weights import ModelSpec, warm_start
 
 
 class Trainer:
@@ -90,30 +88,8 @@ class Trainer:
             self.load_checkpoint(self.out / "last.safetensors")
 
     def _load_data(self) -> None:
-        """Train/validation/test loaders, and the model's description from the training set's
-        statistics: mean RGB (2.1), std, and the PCA colour basis (3.1) when the recipe shifts colours."""
-        s, r = self.s, self.r
-        train, test = load_dataset(s.data, Path(s.download) if s.download else None,
-                                   stream=s.stream, skip_bad=s.skip_bad)
-        if train.skipped and self.world.main:
-            (self.out / "skipped.txt").write_text("\n".join(train.skipped) + "\n")
-        if s.limit_train:
-            train = train.subset(random_subset(len(train), s.limit_train, s.seed))
-        if s.limit_test:
-            test = test.subset(random_subset(len(test), s.limit_test, s.seed))
-        train, val = split_validation(train, holdout_size(s.val_size, len(train)), s.seed)
-        crop = r.crop_size or train.image_size or 224
-        scale = r.train_scale or (None if train.image_size else (256, 256))
-        sample = train.statistics_sample(2000, s.seed, crop, scale)
-        mean, std = channel_stats(sample)
-        lighting = pca_lighting_stats(sample) if r.lighting else None
-        self.spec = ModelSpec(s.config, s.batch_norm, head=r.head, num_classes=len(train.classes), width=s.width,
-                              dropout=r.dropout, classes=list(train.classes), input_size=crop, mean=mean,
-                              std=std if s.divide_std else None, train_scale=list(scale) if scale else None,
-                              lighting=lighting)
-        augmentation = Augmentation.of(r, crop, scale, lighting)
-        self.train, self.val, self.test = (make_loader(d, self.spec.preprocessing, augmentation, self.gen, self.world,
-                                                       s.workers, s.seed) for d in (train, val, test))
+        """The three loaders, and the model's description from the training set's statistics."""
+        (self.train, self.val, self.test), self.spec = run_data(self.s, self.world, self.gen, self.out)
 
     def _build_model(self) -> None:
         """The model (warm-started if asked), DDP around it under torchrun, and the optimizer."""
@@ -308,45 +284,10 @@ class Trainer:
                                                        "machine": runtime.machine()}, indent=2))
 
     def save_checkpoint(self, path: Path) -> None:
-        """The weights, their description, the settings and the train state in one file."""
-        tensors = training_tensors(self.model, self.ema, self.opt, self.gen, self.state)
-        header = {"model": self.metadata().to_dict(), "settings": self.settings().to_dict(),
-                  "state": {**self.state.header(), **self.schedule.state_dict()}}
-        if self.world.main:   # one writer; the others wait until the file is complete
-            write_checkpoint(path, tensors, header)
-        barrier(self.world)
+        save_training_checkpoint(self, path)
 
     def load_checkpoint(self, path: Path) -> None:
-        """Continue the run in ``path``: refused if the model, the recipe or another setting
-        differs from the run's (only the length and time limits may change)."""
-        if not path.is_file():
-            raise ValueError(f"cannot resume: no checkpoint at {path}")
-        groups, header = read_checkpoint(path)
-        m, st = header["model"], header["state"]
-        if (m["config"], m["batch_norm"], m["num_classes"]) != (self.spec.config, self.spec.batch_norm,
-                                                                self.spec.num_classes):
-            raise ValueError(f"{path}: checkpoint is config {m['config']} bn={m['batch_norm']} with {m['num_classes']} "
-                             f"classes, the run wants {self.spec.config} bn={self.spec.batch_norm} with "
-                             f"{self.spec.num_classes}")
-        if (self.ema is not None) != ("train" in groups):
-            raise ValueError(f"{path}: checkpoint was trained {'with' if 'train' in groups else 'without'} a moving "
-                             f"average of the weights (ema); resume it with the recipe it was started with")
-        self.schedule.load_state_dict(st, m.get("recipe", {}).get("epochs", self.r.epochs), st["epoch"], path)
-        changed = recipe_changes(m.get("recipe", {}), self.r)
-        if changed:
-            raise ValueError(f"{path}: the run was started with another recipe ({changed}); resume it with the "
-                             "options it was started with (see its run.json), or train into a new --out")
-        if "settings" in header:
-            changed = settings_changes(RunSettings.from_dict(header["settings"]), self.s)
-            if changed:
-                raise ValueError(f"{path}: the run was started with other settings ({changed}); resume it with "
-                                 "`vggnet train --resume RUN_DIR` alone, or train into a new --out")
-        self.state = TrainState.restore(st, restore_tensors(groups, self.model, self.ema, self.opt, self.gen))
-        if self.schedule.finished(self.state.epoch) and (self.out / "results.json").is_file():
-            raise ValueError(f"{self.out} is finished ({self.state.epoch} of {self.r.epochs} epochs): give --epochs "
-                             f"above {self.r.epochs} to continue it, or see its results.json")
-        if self.world.main:
-            tqdm.write(f"resuming {self.out} at epoch {self.state.epoch + 1} of {self.r.epochs}")
+        resume_training_checkpoint(self, path)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
