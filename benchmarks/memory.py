@@ -29,7 +29,7 @@ def one_step(which: str, config: str, size: int, batch: int, classes: int) -> di
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         step = lambda: tv_train_step(model, opt, x, y)  # noqa: E731
     else:
-        from vggnet.train import reuse_freed_memory
+        from vggnet.runtime import reuse_freed_memory
         reuse_freed_memory()                                # as `vggnet train` sets it
         head = "cifar" if size < 224 else "paper"
         model = build_model(config, num_classes=classes, head=head).to(memory_format=torch.channels_last).train()

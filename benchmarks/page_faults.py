@@ -1,5 +1,5 @@
 """Page faults and images/s of one training step under glibc's default malloc and with
-freed buffers kept for reuse (`vggnet.train.reuse_freed_memory`, what `vggnet` sets),
+freed buffers kept for reuse (`vggnet.runtime.reuse_freed_memory`, what `vggnet` sets),
 for vggnet's step and torchvision's plain fp32 eager loop. Each measurement runs in a
 fresh process, as a user's training run does, and the settings alternate round by round.
 
@@ -26,7 +26,7 @@ def measure(which: str, malloc: str, args: argparse.Namespace) -> dict:
     """Build one net in this process, warm it up, then time ``args.steps`` training steps."""
     from throughput import ours_train_step, torchvision_model, tv_train_step
     from vggnet import build_model
-    from vggnet.train import reuse_freed_memory
+    from vggnet.runtime import reuse_freed_memory
     reused = malloc == "reuse" and reuse_freed_memory()
     torch.set_flush_denormal(True)
     x, y = torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, 10, (args.batch,))

@@ -15,7 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from throughput import add_step_arguments, ours_train_step
 from vggnet import build_model
-from vggnet.train import reuse_freed_memory
+from vggnet.runtime import reuse_freed_memory
 
 KINDS = [("conv backward", ("convolution_backward",)), ("conv forward", ("mkldnn_convolution", "onednn_convolution", "_convolution")),
          ("linear", ("addmm", "mm")), ("batchnorm", ("batch_norm",)), ("relu", ("relu", "threshold")),

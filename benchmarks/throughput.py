@@ -23,9 +23,10 @@ import torch.nn.functional as F
 import torchvision
 
 from vggnet import build_model
-from vggnet.inference import InferenceNet, bf16_supported
+from vggnet.inference import InferenceNet
+from vggnet.runtime import bf16_supported, machine, reuse_freed_memory
 from vggnet.summary import summarize, totals
-from vggnet.train import forward_backward, machine, reuse_freed_memory
+from vggnet.training import forward_backward
 
 TV_NAMES = {("A", False): "vgg11", ("A", True): "vgg11_bn", ("B", False): "vgg13", ("B", True): "vgg13_bn",
             ("D", False): "vgg16", ("D", True): "vgg16_bn", ("E", False): "vgg19", ("E", True): "vgg19_bn"}

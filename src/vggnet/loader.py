@@ -47,12 +47,11 @@ class Augmentation:
         return cls(crop, scale, recipe.crop_padding, recipe.flip, lighting, recipe.lighting, recipe.cutout)
 
 
-class TensorLoader:
-    """In-memory batches: index slices of the uint8 tensor, augmented whole. Under torchrun
-    every rank augments the global batch (one generator, the same on every rank) and keeps
-    its shard, so a run's augmentation does not depend on the number of ranks."""
+class _Loader:
+    """What both loaders share: the images, their preprocessing and augmentation, the
+    generator that draws the augmentation, and the ranks."""
 
-    def __init__(self, data: TensorData, preprocess: Preprocessing, augmentation: Augmentation,
+    def __init__(self, data: TensorData | StreamingImages, preprocess: Preprocessing, augmentation: Augmentation,
                  generator: torch.Generator, world: World) -> None:
         self.data, self.preprocess, self.aug, self.gen, self.world = data, preprocess, augmentation, generator, world
 
@@ -62,6 +61,12 @@ class TensorLoader:
     @property
     def labels(self) -> torch.Tensor:
         return self.data.labels
+
+
+class TensorLoader(_Loader):
+    """In-memory batches: index slices of the uint8 tensor, augmented whole. Under torchrun
+    every rank augments the global batch (one generator, the same on every rank) and keeps
+    its shard, so a run's augmentation does not depend on the number of ranks."""
 
     def train_batches(self, order: torch.Tensor, batch_size: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         """(this rank's inputs, labels, size of the global batch) for each batch of ``order``."""
@@ -91,26 +96,19 @@ class TensorLoader:
             yield self.preprocess(self.data.images[idx]), self.data.labels[idx]
 
 
-class StreamLoader:
+class StreamLoader(_Loader):
     """Streamed batches: DataLoader workers read, rescale, crop, flip and colour-shift each
     image (a generator per (seed, epoch, image): the same crops whatever the workers);
     each rank reads only its shard of every global batch."""
 
     def __init__(self, data: StreamingImages, preprocess: Preprocessing, augmentation: Augmentation,
                  generator: torch.Generator, world: World, workers: int, seed: int) -> None:
-        self.data, self.preprocess, self.aug, self.gen, self.world = data, preprocess, augmentation, generator, world
+        super().__init__(data, preprocess, augmentation, generator, world)
         self.workers, self.seed = workers, seed
         scale = augmentation.scale or (256, 256)
         self.train_view = data.view(crop=augmentation.crop, scale=scale, train=True, seed=seed, flip=augmentation.flip,
                                     lighting=augmentation.lighting, lighting_std=augmentation.lighting_std)
         self.test_view = data.view(crop=preprocess.crop, scale=(preprocess.resize, preprocess.resize), train=False)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return self.data.labels
 
     def train_batches(self, order: torch.Tensor, batch_size: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
