@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torchvision.io import ImageReadMode, decode_image
 
 from .augment import pca_lighting, random_crop
-from .preprocess import center_crop, rescale
+from .preprocess import Preprocessing, rescale
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -369,7 +369,7 @@ class StreamingImages(torch.utils.data.Dataset):
         path, label = self.items[i]
         img = read_image(path)
         if not self.train:  # section 3.2: Q = the middle of the training scale range, centre crop
-            return center_crop(rescale(img, (self.scale[0] + self.scale[1]) // 2), self.crop), label
+            return Preprocessing(crop=self.crop, resize=(self.scale[0] + self.scale[1]) // 2).crop_images(img), label
         # a generator per (seed, epoch, image): the same crops whatever the number of workers
         g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFF_FFFF)
         s = int(torch.randint(self.scale[0], self.scale[1] + 1, (1,), generator=g))

@@ -41,8 +41,8 @@ class PerceptualLoss(nn.Module):
             raise ValueError(f"unknown layer names {unknown}; valid: {', '.join(model.layer_names())}")
         self.content_layers, self.style_layers, self.style_weight = content_layers, style_layers, style_weight
         # the model's own preprocessing; without a description, torchvision's ImageNet one
-        self.preprocess = meta.preprocessing if meta is not None and meta.mean is not None else \
-            Preprocessing(**{k: tuple(v) for k, v in TORCHVISION_PREPROCESSING.items() if k != "channel_order"})
+        has_own = meta is not None and meta.mean is not None
+        self.preprocess = meta.preprocessing if has_own else Preprocessing.of(TORCHVISION_PREPROCESSING)
 
     @classmethod
     def from_weights(cls, path: str | Path, **kwargs: object) -> "PerceptualLoss":

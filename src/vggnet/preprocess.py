@@ -60,6 +60,13 @@ class Preprocessing:
     crop: int = 224          # the network's input side
     resize: int = 256        # Q: the smaller side before the centre crop (3.2)
 
+    @classmethod
+    def of(cls, fields: dict, crop: int = 224, resize: int = 256) -> "Preprocessing":
+        """From JSON-style fields (mean, std, channel_order as lists and strings)."""
+        std = fields.get("std")
+        return cls(tuple(fields.get("mean") or (0.0, 0.0, 0.0)), tuple(std) if std else None,
+                   fields.get("channel_order", "RGB"), crop, resize)
+
     def __post_init__(self) -> None:
         if self.channel_order not in CHANNEL_ORDERS:
             raise ValueError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")

@@ -76,8 +76,7 @@ class ModelSpec:
     def preprocessing(self) -> Preprocessing:
         """The single-scale test preprocessing of these weights (3.2; torchvision's transforms())."""
         q, _ = eval_scales(self.input_size, self.train_scale)
-        return Preprocessing(tuple(self.mean or (0.0, 0.0, 0.0)), tuple(self.std) if self.std else None,
-                             self.channel_order, self.input_size, q)
+        return Preprocessing.of(dataclasses.asdict(self), crop=self.input_size, resize=q)
 
     @property
     def class_names(self) -> list[str]:
