@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -73,3 +75,28 @@ def test_warm_start_from_a_copies_the_papers_layers(tmp_path):
     same = build_model("A", num_classes=10, head="cifar", width=0.125)
     warm_start(same, path)   # fine-tuning at a new scale: everything copied
     assert all(torch.equal(x, y) for x, y in zip(same.state_dict().values(), a.state_dict().values()))
+
+
+def test_weights_and_checkpoints_share_one_atomic_writer_and_reader(tmp_path, monkeypatch):
+    import os
+    from safetensors.torch import save_file
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    model = build_model("A", num_classes=3, head="cifar", width=TINY)
+    path = save_weights(tmp_path / "w.safetensors", model, describe(model, ["a", "b", "c"], input_size=32))
+    assert len(synced) == 1 and [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+    assert read_metadata(path).classes == ["a", "b", "c"]
+    # a file converted before the two layouts were one: the description at the top of the header
+    flat = {"config": "A", "batch_norm": False, "head": "cifar", "num_classes": 3, "width": TINY, "input_size": 32}
+    save_file({f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "old.safetensors"),
+              metadata={"vggnet": json.dumps(flat)})
+    old, spec = load_weights(tmp_path / "old.safetensors")
+    assert (spec.config, spec.num_classes, spec.input_size) == ("A", 3, 32)
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), model.state_dict().values()))
+    run = tmp_path / "run"
+    save_weights(run / "last.safetensors", model, describe(model, ["a", "b", "c"], input_size=32))
+    assert load_weights(run)[1] == read_metadata(path)                 # a run folder stands for its weights
+    (tmp_path / "empty-run").mkdir()
+    with pytest.raises(WeightsError, match="a folder without best.safetensors, last.safetensors"):
+        load_weights(tmp_path / "empty-run")

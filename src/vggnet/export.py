@@ -11,7 +11,8 @@ from .weights import load_weights
 
 
 def export_onnx(weights: str | Path, out: str | Path, dense: bool = False, opset: int = 18) -> Path:
-    """Write ``out``: input "images" (N, 3, H, W) already preprocessed as the metadata says,
+    """Write ``out``: input "images" (N, 3, H, W) already preprocessed as the weights say
+    (``load_weights(w)[1].preprocessing``: rescale, centre crop, channel order, mean, std),
     output "logits" (N, classes). ``dense`` exports the fully convolutional form (3.2),
     which takes any H, W of at least its minimum; otherwise H = W = the training input size."""
     model, meta = load_weights(weights)
