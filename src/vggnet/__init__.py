@@ -3,6 +3,7 @@
 The Python API, each function the one its command calls::
 
     vggnet.train(config="vgg16_bn", data="../shared/data/cifar10-jpeg", epochs=4)   # vggnet train
+    vggnet.finetune("vgg16.safetensors", "photos", mode="linear")                  # vggnet finetune
     vggnet.evaluate(["runs/vgg16_bn-cifar10-jpeg"], "photos", ["single", "dense"])  # vggnet eval
     vggnet.predict("photo.jpg", "runs/vgg16_bn-cifar10-jpeg")                       # vggnet predict
     model, spec = vggnet.load_weights("vgg16.safetensors")                          # any weights file
@@ -28,7 +29,7 @@ _OWNERS = {
     "ModelSpec": "weights", "load_weights": "weights", "save_weights": "weights",
     "Preprocessing": "preprocess",
     "RunSettings": "settings", "resolve_settings": "settings",
-    "train": "training", "Trainer": "training",
+    "train": "training", "Trainer": "training", "finetune": "transfer",
     "evaluate": "evaluation", "predict": "prediction",
 }
 __all__ = sorted(_OWNERS)
@@ -49,6 +50,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:   # for type checkers and IDEs: the same names, imported eagerly
     from .configs import CONFIGS, PARAMETER_COUNTS, RECIPES, Recipe, get_recipe, resolve_config  # noqa: F401
     from .evaluation import evaluate  # noqa: F401
+    from .transfer import finetune  # noqa: F401
     from .model import (VGG, build_model, count_parameters, init_weights, to_dense, vgg11, vgg11_bn,  # noqa: F401
                         vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn)
     from .prediction import predict  # noqa: F401

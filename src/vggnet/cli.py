@@ -1,5 +1,5 @@
-"""Command line: ``vggnet train|summary|eval|convert|predict|export|study``, a thin layer
-over the Python API (``vggnet.train``, ``vggnet.evaluate``, ``vggnet.predict`` ...).
+"""Command line: ``vggnet train|finetune|summary|eval|convert|predict|export|study``, a thin
+layer over the Python API (``vggnet.train``, ``vggnet.finetune``, ``vggnet.evaluate`` ...).
 
 Every command maps to one function; a bad argument gets one clear line on stderr
 and exit code 2, not a traceback.
@@ -96,6 +96,43 @@ def _run_train(args: argparse.Namespace) -> int:
     result = train(resume=bool(args.resume), **options)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fit pretrained weights (torchvision, Keras, a vggnet run) to your image folder")
+    p.add_argument("--weights", required=True, help="pretrained weights (.safetensors, `vggnet convert` output) "
+                                                    "or a run folder")
+    p.add_argument("--data", required=True, help="image folder with train/<class>/* and test/<class>/*")
+    p.add_argument("--mode", choices=["full", "linear"], default="full",
+                   help="full: train every layer, the pretrained ones at a smaller lr; linear: a new head on "
+                        "cached features of the frozen net (default: full)")
+    p.add_argument("--features", choices=["fc7", "pool5"], default="fc7",
+                   help="--mode linear: the frozen net ends at fc7 (train fc8) or pool5 (train fc6-fc8) "
+                        "(default: fc7)")
+    p.add_argument("--freeze-until", metavar="LAYER",
+                   help="--mode full: keep the layers up to LAYER fixed (conv4_3, pool5, fc7 ...)")
+    p.add_argument("--epochs", type=int, help="default: 20 (the finetune recipe)")
+    p.add_argument("--lr", type=float, help="the new head's peak learning rate (default: 0.01)")
+    p.add_argument("--backbone-lr-scale", type=float, metavar="F",
+                   help="--mode full: the pretrained layers' lr as a share of the head's (default: 0.1)")
+    p.add_argument("--batch-size", type=int, help="default: 32 (64 for --mode linear's head)")
+    p.add_argument("--out", help="run folder (default: runs/<model>-<data set>-finetune, or -linear)")
+    p.add_argument("--resume", action="store_true", default=None, help="--mode full: continue the run in --out")
+    p.add_argument("--seed", type=int, help="default: 0")
+    p.add_argument("--val-size", type=float, metavar="N", help="held out for validation: a count, a fraction, or 0 "
+                                                                "(default: 10 %%)")
+    p.add_argument("--limit-train", type=int, help="train on a seeded random subset of N images")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    p.set_defaults(func=_run_finetune)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from .transfer import finetune
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "weights", "data", "mode",
+                                                                 "features") and v is not None}
+    result = finetune(args.weights, args.data, mode=args.mode, features=args.features, **options)
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -254,7 +291,7 @@ def _run_study(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_summary, _add_eval, _add_convert, _add_predict,
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_finetune, _add_summary, _add_eval, _add_convert, _add_predict,
                                                               _add_export, _add_study]
 
 

@@ -208,6 +208,11 @@ RECIPES: dict[str, Recipe] = {
                          decay_norm_and_bias=False, schedule="onecycle", warmup_epochs=2.0,
                          epochs=50, batch_size=256, label_smoothing=0.1, dropout=0.5,
                          init="he", cutout=8),
+    # Fine-tuning pretrained weights to new classes (vggnet finetune): the new fc8 at lr 0.01,
+    # the pretrained layers at a tenth of it (RunSettings.backbone_lr_scale), one warm-up epoch.
+    "finetune": Recipe(name="finetune", lr=0.01, nesterov=True, weight_decay=5e-4, decay_norm_and_bias=False,
+                       schedule="onecycle", warmup_epochs=1.0, epochs=20, batch_size=32, label_smoothing=0.1,
+                       dropout=0.5, init="paper"),
 }
 
 

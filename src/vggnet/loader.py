@@ -22,7 +22,7 @@ from .configs import Recipe
 from .data import StreamingImages, TensorData, holdout_size, load_dataset, random_subset, split_validation
 from .distributed import World, shard
 from .preprocess import Preprocessing
-from .weights import ModelSpec
+from .weights import ModelSpec, read_metadata
 
 if TYPE_CHECKING:
     from .settings import RunSettings
@@ -155,14 +155,19 @@ def run_data(s: "RunSettings", world: World, generator: torch.Generator,
     if s.limit_test:
         test = test.subset(random_subset(len(test), s.limit_test, s.seed))
     train, val = split_validation(train, holdout_size(s.val_size, len(train)), s.seed)
-    crop = r.crop_size or train.image_size or 224
-    scale = r.train_scale or (None if train.image_size else (256, 256))
-    sample = train.statistics_sample(2000, s.seed, crop, scale)
-    mean, std = channel_stats(sample)
-    lighting = pca_lighting_stats(sample) if r.lighting else None
-    spec = ModelSpec(s.config, s.batch_norm, head=r.head, num_classes=len(train.classes), width=s.width,
-                     dropout=r.dropout, classes=list(train.classes), input_size=crop, mean=mean,
-                     std=std if s.divide_std else None, train_scale=list(scale) if scale else None, lighting=lighting)
+    if s.pretrained:   # fine-tuning: the weights' input size and preprocessing, new classes
+        spec = read_metadata(s.pretrained).for_new_classes(train.classes, train.image_size)
+        crop, scale, lighting = spec.input_size, tuple(spec.train_scale) if spec.train_scale else None, None
+    else:
+        crop = r.crop_size or train.image_size or 224
+        scale = r.train_scale or (None if train.image_size else (256, 256))
+        sample = train.statistics_sample(2000, s.seed, crop, scale)
+        mean, std = channel_stats(sample)
+        lighting = pca_lighting_stats(sample) if r.lighting else None
+        spec = ModelSpec(s.config, s.batch_norm, head=r.head, num_classes=len(train.classes), width=s.width,
+                         dropout=r.dropout, classes=list(train.classes), input_size=crop, mean=mean,
+                         std=std if s.divide_std else None, train_scale=list(scale) if scale else None,
+                         lighting=lighting)
     augmentation = Augmentation.of(r, crop, scale, lighting)
     loaders = tuple(make_loader(d, spec.preprocessing, augmentation, generator, world, s.workers, s.seed)
                     for d in (train, val, test))

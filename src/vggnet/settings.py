@@ -52,18 +52,38 @@ class RunSettings:
     sync_bn: bool = False                # under torchrun: BatchNorm statistics over the global batch
     skip_bad: bool = False               # leave unreadable images out (listed in skipped.txt) instead of stopping
     checkpoint_activations: bool = False # recompute conv activations in backward: less memory, ~1/3 more compute
+    pretrained: str | None = None        # fine-tuning: weights whose net, preprocessing and input size are kept
+    freeze_until: str | None = None      # fine-tuning: layers up to this one ("conv4_3", "fc7") stay fixed
+    backbone_lr_scale: float = 0.1       # fine-tuning: the pretrained layers' lr as a share of the new head's
 
     def resolved(self) -> "RunSettings":
         """A copy with every rule applied: the configuration as (letter, batch_norm), the
         recipe, the data path (absolute) and the run folder."""
         from .data import find_data
+        from .weights import resolve_weights_path
         letter, bn = resolve_config(self.config, self.batch_norm)
-        recipe = self.recipe or get_recipe("fast" if bn else "fast-plain")
+        width, suffix = self.width, ""
+        pretrained = self.pretrained
+        if pretrained:               # the net is the weights' own
+            letter, bn, width, suffix = self._pretrained_net()
+            pretrained = str(resolve_weights_path(pretrained))
+        recipe = self.recipe or get_recipe("finetune" if self.pretrained else "fast" if bn else "fast-plain")
         data = self.data
         if self.download is None:
             data = str(find_data(self.data).resolve())
-        out = self.out or str(Path("runs") / f"{model_name(letter, bn)}-{dataset_name(data)}")
-        return dataclasses.replace(self, config=letter, batch_norm=bn, recipe=recipe, data=data, out=out)
+        out = self.out or str(Path("runs") / f"{model_name(letter, bn)}-{dataset_name(data)}{suffix}")
+        return dataclasses.replace(self, config=letter, batch_norm=bn, width=width, recipe=recipe, data=data, out=out,
+                                   pretrained=pretrained)
+
+    def _pretrained_net(self) -> tuple[str, bool, float, str]:
+        """(letter, batch_norm, width, run-folder suffix) of the weights to fine-tune."""
+        from .weights import read_metadata
+        spec = read_metadata(self.pretrained)
+        if self.init_from:
+            raise ValueError("give --init-from (a warm start, 3.1) or pretrained weights to fine-tune, not both")
+        if not 0 <= self.backbone_lr_scale <= 1:
+            raise ValueError(f"--backbone-lr-scale must be in [0, 1]; got {self.backbone_lr_scale:g}")
+        return spec.config, spec.batch_norm, spec.width, "-finetune"
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))   # tuples as lists, as saved

@@ -31,6 +31,7 @@ from . import runtime
 from .checkpoint import TrainState, resume_training_checkpoint, save_training_checkpoint
 from .configs import Recipe
 from .distributed import World, convert_sync_batchnorm, gather, setup, shard, teardown
+from .transfer import freeze, frozen_modules, pretrained_model
 from .loader import run_data
 from .model import VGG
 from .report import accuracy, final_report
@@ -94,10 +95,12 @@ class Trainer:
     def _build_model(self) -> None:
         """The model (warm-started if asked), DDP around it under torchrun, and the optimizer."""
         s, r = self.s, self.r
-        self.model = self.spec.build(init=r.init)
+        self.model = pretrained_model(s.pretrained, self.spec) if s.pretrained else self.spec.build(init=r.init)
         self.model.checkpoint_activations = s.checkpoint_activations
         if s.init_from:
             warm_start(self.model, s.init_from)
+        self.frozen = frozen_modules(self.model, s.freeze_until)    # fine-tuning: fixed layers, BN in eval mode
+        freeze(self.frozen)
         if s.sync_bn and self.world.size > 1:
             convert_sync_batchnorm(self.model, cuda=self.world.device.startswith("cuda"))
         self.model = self.model.to(self.world.device, memory_format=torch.channels_last)
@@ -108,7 +111,7 @@ class Trainer:
                     if r.ema else None)
         if self.world.size > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
-        self.opt = make_optimizer(self.model, r)
+        self.opt = make_optimizer(self.model, r, s.backbone_lr_scale if s.pretrained else 1.0)
 
     def _check_out_dir(self) -> None:
         """Fail before training, not after the first epoch, if the run folder is not writable."""
@@ -142,6 +145,7 @@ class Trainer:
         """One pass over the training set (or the rest of it, after a mid-epoch resume);
         None when stopped early, with the position kept for the checkpoint."""
         self.model.train()
+        freeze(self.frozen)
         st, bs, steps = self.state, self.r.batch_size, self.schedule.steps_per_epoch
         st.start_epoch(len(self.train), self.gen)
         p = st.partial     # the epoch so far, across a stop and --resume (its time too, for metrics.jsonl)
@@ -159,7 +163,7 @@ class Trainer:
             data_time += time.perf_counter() - fetched    # reading the batch and augmenting it
             lr = self.schedule.lr_at(st.step)
             for g in self.opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g["lr_scale"]
             loss, logits = forward_backward(self.net, x, y, self.r.micro_batch, self.r.label_smoothing,
                                             self.r.precision, global_batch, self.world.size)
             if not torch.isfinite(loss):
@@ -290,22 +294,26 @@ class Trainer:
         resume_training_checkpoint(self, path)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
-    """Weight decay on conv/FC weights; BN parameters and biases (1-d tensors) optionally spared."""
-    decay, no_decay = [], []
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool,
+                 backbone_lr_scale: float = 1.0) -> list[dict]:
+    """Weight decay on conv/FC weights, BN parameters and biases (1-d tensors) optionally
+    spared; fine-tuning's pretrained layers at ``backbone_lr_scale`` times the lr of the new
+    head (fc8); frozen parameters left out."""
+    head = {id(p) for p in model.classifier[6].parameters()} if backbone_lr_scale != 1.0 else set()
+    groups: dict[tuple[bool, float], list] = {}
     for p in model.parameters():
-        (no_decay if p.ndim <= 1 and not decay_norm_and_bias else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+        if p.requires_grad:
+            spared = p.ndim <= 1 and not decay_norm_and_bias
+            groups.setdefault((spared, 1.0 if id(p) in head or not head else backbone_lr_scale), []).append(p)
+    return [{"params": ps, "weight_decay": 0.0 if spared else weight_decay, "lr_scale": scale}
+            for (spared, scale), ps in sorted(groups.items())]
 
 
-def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, recipe: Recipe, backbone_lr_scale: float = 1.0) -> torch.optim.Optimizer:
     """The recipe's optimizer: SGD with momentum (3.1), optionally Nesterov's."""
     if recipe.optimizer != "sgd":
         raise ValueError(f"unknown optimizer {recipe.optimizer!r} in recipe {recipe.name!r}; valid: sgd")
-    return torch.optim.SGD(param_groups(model, recipe.weight_decay, recipe.decay_norm_and_bias),
+    return torch.optim.SGD(param_groups(model, recipe.weight_decay, recipe.decay_norm_and_bias, backbone_lr_scale),
                            lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
 
 

@@ -78,6 +78,20 @@ class ModelSpec:
         q, _ = eval_scales(self.input_size, self.train_scale)
         return Preprocessing.of(dataclasses.asdict(self), crop=self.input_size, resize=q)
 
+    def for_new_classes(self, classes: list[str], image_size: int | None) -> "ModelSpec":
+        """This net fine-tuned to ``classes``: configuration, input size and preprocessing kept;
+        the training scale (3.1) is the weights' own range where they record one, none where the
+        images already have the input size, else [crop, 2Q - crop], centred on the test scale Q,
+        so that the test preprocessing stays the weights' own."""
+        if len(classes) < 2:
+            raise WeightsError(f"fine-tuning needs at least two classes; the data has {len(classes)}: "
+                               f"{', '.join(classes)}")
+        q, scale = self.preprocessing.resize, self.train_scale
+        if not scale and not (image_size == self.input_size == q):
+            scale = [self.input_size, 2 * q - self.input_size]
+        return dataclasses.replace(self, num_classes=len(classes), classes=list(classes), wnids=None,
+                                   train_scale=scale, lighting=None, recipe=None)
+
     @property
     def class_names(self) -> list[str]:
         return self.classes or [str(i) for i in range(self.num_classes)]
@@ -185,7 +199,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]
 
 
 def read_metadata(path: str | Path) -> ModelSpec:
-    """The ModelSpec of a weights file, validated, without reading its tensors."""
+    """The ModelSpec of a weights file (or a run folder's), validated, without reading its tensors."""
+    path = resolve_weights_path(path)
     return ModelSpec.from_dict(read_header(path).get("model"), path)
 
 
