@@ -70,7 +70,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def test_same_seed_same_result_and_exact_resume(dataset, tmp_path):
     train(tiny(dataset, tmp_path / "full", epochs=2))
     stopped = train(tiny(dataset, tmp_path / "cut", epochs=2, stop_after_steps=11))   # mid-epoch 2 of 7 steps each
-    assert stopped == {"stopped": True, "epoch": 1, "step": 11}
+    assert stopped == {"stopped": True, "epoch": 1, "step": 11, "batch_in_epoch": 4}
     before_stop = read_checkpoint(tmp_path / "cut" / "last.safetensors")[1]["state"]["partial"]
     assert before_stop["seen"] == 4 * 16 and before_stop["time_s"] > 0      # steps 8-11: 4 of epoch 2
     train(tiny(dataset, tmp_path / "cut", epochs=2), resume=True)
@@ -127,7 +127,7 @@ def test_budget_sets_the_epochs_that_fit_and_equals_that_many_epochs(dataset, tm
 def test_budget_run_resumes_with_the_epochs_it_chose(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr("vggnet.schedule.budget_epochs", lambda budget_min, epoch_s: 3)   # whatever the pace
     stopped = train(budgeted(dataset, tmp_path / "b", budget_min=0.03, stop_after_steps=10))   # mid-epoch 2
-    assert stopped == {"stopped": True, "epoch": 1, "step": 10}
+    assert stopped == {"stopped": True, "epoch": 1, "step": 10, "batch_in_epoch": 3}
     assert read_checkpoint(tmp_path / "b" / "last.safetensors")[1]["model"]["recipe"]["epochs"] == 3
     result = train(budgeted(dataset, tmp_path / "b"), resume=True)       # --resume alone: the budget is kept
     assert result["epochs"] == 3

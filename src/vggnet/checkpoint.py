@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch.optim.swa_utils import AveragedModel
-from tqdm import tqdm
 
 from .distributed import barrier
 from .settings import RunSettings, recipe_changes, settings_changes
@@ -132,5 +131,4 @@ def resume_training_checkpoint(trainer: "Trainer", path: Path) -> None:
     if trainer.schedule.finished(trainer.state.epoch) and (trainer.out / "results.json").is_file():
         raise ValueError(f"{trainer.out} is finished ({trainer.state.epoch} of {trainer.r.epochs} epochs): "
                          f"give --epochs above {trainer.r.epochs} to continue it, or see its results.json")
-    if trainer.world.main:
-        tqdm.write(f"resuming {trainer.out} at epoch {trainer.state.epoch + 1} of {trainer.r.epochs}")
+    trainer.progress.say(f"resuming {trainer.out} at epoch {trainer.state.epoch + 1} of {trainer.r.epochs}")

@@ -8,8 +8,6 @@ and exit code 2, not a traceback.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from typing import Callable, Sequence
 
@@ -74,6 +72,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     p.add_argument("--limit-train", type=int, help="train on a seeded random subset of N images")
     p.add_argument("--limit-test", type=int, help="test on a seeded random subset of N images")
+    p.add_argument("--log-every", type=int, metavar="N",
+                   help="a progress line every N steps when the output is not a terminal (default: 20)")
     p.set_defaults(func=_run_train)
 
 
@@ -93,9 +93,7 @@ def _run_train(args: argparse.Namespace) -> int:
         if args.out is not None and args.out != args.resume:
             raise ValueError(f"--resume {args.resume} and --out {args.out} name two run folders; give one")
         options["out"] = args.resume
-    result = train(resume=bool(args.resume), **options)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(result, indent=2))
+    train(resume=bool(args.resume), **options)   # it prints its header, progress and summary
     return 0
 
 
@@ -131,8 +129,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     from .transfer import finetune
     options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "weights", "data", "mode",
                                                                  "features") and v is not None}
-    result = finetune(args.weights, args.data, mode=args.mode, features=args.features, **options)
-    print(json.dumps(result, indent=2))
+    finetune(args.weights, args.data, mode=args.mode, features=args.features, **options)   # prints its summary
     return 0
 
 

@@ -25,7 +25,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
 from . import runtime
 from .checkpoint import TrainState, resume_training_checkpoint, save_training_checkpoint
@@ -33,6 +32,7 @@ from .configs import Recipe
 from .distributed import World, convert_sync_batchnorm, gather, setup, shard, teardown
 from .transfer import freeze, frozen_modules, pretrained_model
 from .loader import run_data
+from .progress import Progress, summary
 from .model import VGG
 from .report import accuracy, final_report
 from .schedule import Schedule
@@ -85,6 +85,7 @@ class Trainer:
         self.schedule.steps_per_epoch = max(1, len(self.train) // self.r.batch_size)
         self.state = TrainState()
         self.stop_requested, self.steps_this_process, self.started = False, 0, time.monotonic()
+        self.progress = Progress(self.world.main, s.log_every)
         if resume:
             self.load_checkpoint(self.out / "last.safetensors")
 
@@ -151,12 +152,12 @@ class Trainer:
         p = st.partial     # the epoch so far, across a stop and --resume (its time too, for metrics.jsonl)
         start, data_time, seen_here = time.perf_counter(), p["data_s"], 0
         fetched = start
-        bar = tqdm(range(st.batch_in_epoch, steps), desc=f"epoch {st.epoch + 1}/{self.r.epochs}",
-                   leave=False, disable=None if self.world.main else True, dynamic_ncols=True)
+        self.progress.start_epoch(st.epoch + 1, self.r.epochs, st.batch_in_epoch, steps)
         assert st.perm is not None
         batches = self.train.train_batches(st.perm[st.batch_in_epoch * bs:steps * bs], bs, st.epoch)
-        for i in bar:
+        for i in range(st.batch_in_epoch, steps):
             if self._should_stop():     # before the batch is augmented: its randomness stays unspent
+                self.progress.close()
                 p["time_s"], p["data_s"] = p["time_s"] + time.perf_counter() - start, data_time
                 return None
             x, y, global_batch = next(batches)
@@ -177,10 +178,9 @@ class Trainer:
             p["correct"] += (logits.argmax(1) == y).sum().item()
             p["seen"] += len(y)
             seen_here += len(y)
-            if i % self.s.log_every == 0 or i == steps - 1:
-                bar.set_postfix(loss=f"{p['loss_sum'] / p['seen']:.3f}", acc=f"{p['correct'] / p['seen']:.3f}",
-                                lr=f"{lr:.3g}", img_s=f"{seen_here / (time.perf_counter() - start):.0f}")
-            fetched = time.perf_counter()
+            now = time.perf_counter()
+            self.progress.step(i, now - fetched, p, lr, seen_here / (now - start), self.remaining())
+            fetched = now
         st.perm = None
         return self._epoch_stats(p["time_s"] + time.perf_counter() - start, data_time)
 
@@ -214,17 +214,24 @@ class Trainer:
     def fit(self) -> dict:
         """Train to the end of the schedule (or a stop), then report on the test set."""
         self._write_run_json()
-        if self.r.precision == "bf16" and not runtime.bf16_supported() and self.world.main:
-            tqdm.write("bf16 autocast asked for, but this CPU has no native bf16 (AVX-512 BF16 or AMX): "
-                       "training in fp32 (run.json: machine.bf16_native is false)")
+        self.progress.header(self)
+        if self.r.precision == "bf16" and not runtime.bf16_supported():
+            self.progress.say("bf16 autocast asked for, but this CPU has no native bf16 (AVX-512 BF16 or AMX): "
+                              "training in fp32 (run.json: machine.bf16_native is false)")
         previous = _install_stop_handlers(self._on_signal)
+        started = time.perf_counter()
         try:
             while not self.schedule.finished(self.state.epoch):
                 stats = self.train_epoch()
                 if stats is None:  # stopped mid-epoch: keep the exact position
-                    return self._stopped()
+                    result = self._stopped()
+                    break
                 self._end_epoch(stats)
-            return final_report(self)
+            else:
+                result = final_report(self)
+                result["time_s"] = time.perf_counter() - started
+            self.progress.say(summary(result, self.out))
+            return result
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -242,20 +249,20 @@ class Trainer:
         self.save_checkpoint(self.out / "last.safetensors")
         if is_best:
             self.save_checkpoint(self.out / "best.safetensors")
-        if not self.world.main:
-            return
-        with open(self.out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(stats) + "\n")
-        tqdm.write(f"epoch {st.epoch}: loss {stats['train_loss']:.4f} train {stats['train_acc']:.4f} "
-                   f"val {val_acc:.4f} lr {stats['lr']:.4g} {stats['images_per_s']:.0f} img/s "
-                   f"({stats['train_time_s']:.0f} s)")
+        if self.world.main:
+            with open(self.out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(stats) + "\n")
+        self.progress.end_epoch(stats, self.remaining())
+
+    def remaining(self) -> tuple[int, int]:
+        """(steps, epochs) left to the end of the schedule's length."""
+        st, steps = self.state, self.schedule.steps_per_epoch
+        return (self.r.epochs - st.epoch) * steps - st.batch_in_epoch, self.r.epochs - st.epoch
 
     def _stopped(self) -> dict:
         self.save_checkpoint(self.out / "last.safetensors")
-        if self.world.main:
-            tqdm.write(f"stopped at epoch {self.state.epoch + 1}, step {self.state.batch_in_epoch}; "
-                       f"continue with vggnet train --resume {self.out}")
-        return {"stopped": True, "epoch": self.state.epoch, "step": self.state.step}
+        st = self.state
+        return {"stopped": True, "epoch": st.epoch, "step": st.step, "batch_in_epoch": st.batch_in_epoch}
 
     def fit_to_budget(self, epoch_s: float) -> None:
         """Set the schedule's length to the epochs that fit the budget at epoch 1's pace (the slowest rank's)."""
@@ -266,7 +273,7 @@ class Trainer:
         epochs = self.schedule.fit_to_budget(epoch_s)
         self._write_run_json()
         if self.world.main:
-            tqdm.write(f"budget {self.schedule.budget_min:g} min: epoch 1 took {epoch_s:.1f} s, so {epochs} epochs")
+            self.progress.say(f"budget {self.schedule.budget_min:g} min: epoch 1 took {epoch_s:.1f} s, so {epochs} epochs")
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop_requested = True

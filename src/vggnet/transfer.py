@@ -35,6 +35,7 @@ from .data import cache_dir
 from .distributed import World
 from .loader import run_data
 from .model import VGG
+from .progress import summary
 from .report import accuracy, confusion_matrix, write_report
 from .schedule import onecycle_lr
 from .settings import RunSettings
@@ -231,6 +232,8 @@ def linear_finetune(settings: RunSettings, cut: str = "fc7") -> dict:
     confusion = confusion_matrix(final.argmax(1), features["test_labels"], spec.num_classes)
     result["per_class_acc"] = dict(zip(spec.class_names, (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()))
     write_report(out, result, confusion, spec.class_names)
+    result["time_s"] = time.perf_counter() - t0
+    print(summary(result, out))
     return result
 
 
