@@ -79,3 +79,25 @@ def test_the_package_top_is_the_api_the_commands_call():
     from vggnet import evaluation, prediction, training, weights
     assert (vggnet.train, vggnet.evaluate, vggnet.predict, vggnet.load_weights) == (
         training.train, evaluation.evaluate, prediction.predict, weights.load_weights)
+
+
+def test_version_and_help_show_defaults(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip().startswith("vggnet 0.")
+    for command, shown in (("eval", "(default: single)"), ("predict", "(default: 5)"), ("export", "(default: 18)"),
+                           ("summary", "(default: D)"), ("train", "(default: vgg16_bn)"), ("train", "(default: 0)")):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert shown in " ".join(capsys.readouterr().out.split()), (command, shown)
+
+
+def test_convert_tells_the_source_by_the_extension(tmp_path, capsys):
+    import torch
+    import vggnet
+    torch.save(vggnet.vgg11().state_dict(), tmp_path / "vgg11.pth")
+    assert main(["convert", str(tmp_path / "vgg11.pth"), "--out", str(tmp_path / "w.safetensors")]) == 0
+    assert "config A, 1000 classes, RGB input" in capsys.readouterr().out
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    assert main(["convert", str(tmp_path / "weights.bin"), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "cannot tell torchvision from Keras by the extension; give --from" in capsys.readouterr().err

@@ -44,6 +44,7 @@ def test_unit_range_inputs_match_0_255_inputs():
 def test_test_scales_follow_section_4_2():
     assert eval_scales(224, None) == (256, [224, 256, 288])        # S = 256: Q in {S-32, S, S+32}
     assert eval_scales(32, [32, 48]) == (40, [32, 40, 48])         # jittered: {Smin, mid, Smax}
+    assert eval_scales(32, None) == (32, [32, 36, 40])             # S - 4 would be below the crop: three scales up
 
 
 def test_weights_carry_their_preprocessing():

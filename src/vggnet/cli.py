@@ -8,6 +8,7 @@ and exit code 2, not a traceback.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import sys
 from typing import Callable, Sequence
 
@@ -135,13 +136,14 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 def _add_summary(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="per-layer table: shapes, memory, parameters, MACs, receptive field")
-    p.add_argument("--config", default="D")
-    p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--config", default="D", help="Table 1 configuration or a name (vgg16_bn ...)")
+    p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="BatchNorm after every conv (default: as the name says)")
     p.add_argument("--input", type=int, nargs="+", default=[224], metavar="SIZE",
                    help="input side (or height width), default 224")
     p.add_argument("--head", default=None, help="paper, dense or cifar (default: cifar below 224 px, else paper)")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--num-classes", type=int, default=1000, help="classes of fc8")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
     p.set_defaults(func=_run_summary)
 
 
@@ -160,27 +162,29 @@ def _run_summary(args: argparse.Namespace) -> int:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="top-1/top-5 error with the paper's test protocols (section 3.2)")
     p.add_argument("--weights", action="append", required=True,
-                   help="weights or checkpoint (.safetensors); give several times for an ensemble")
+                   help="weights (.safetensors) or a run folder; give several times for an ensemble")
     p.add_argument("--data", required=True, help="image folder: <class>/* , a root with test/, or <wnid>_*.JPEG files")
     p.add_argument("--protocol", default="single",
-                   help=f"comma-separated, or 'all': {', '.join(PROTOCOLS)}")
+                   help=f"comma-separated, or 'all': {', '.join(PROTOCOLS)} (default: single)")
     p.add_argument("--scales", type=int, nargs="+", help="test scales Q (default: from the training scale)")
     p.add_argument("--limit", type=int, default=0, help="evaluate a seeded random subset of N images")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
-                   help="scoring numerics, BN folded: fp32 (default), bf16, or int8 calibrated on "
-                        "256 images of DATA/train (else of DATA)")
+    p.add_argument("--batch-size", type=int, default=50, help="images scored together")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"],
+                   help="scoring numerics, BN folded: fp32, bf16, or int8 calibrated on 256 images of DATA/train "
+                        "(else of DATA) (default: bf16 where the CPU has it, else fp32)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the scoring nets (fp32/bf16): a compilation per input shape, "
                         "so it pays only for many batches of one shape")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="output format")
     p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, format_report
+    from .runtime import bf16_supported
+    precision = args.precision or ("bf16" if bf16_supported() else "fp32")
     protocols = list(PROTOCOLS) if args.protocol == "all" else [p.strip() for p in args.protocol.split(",")]
-    report = evaluate(args.weights, args.data, protocols, args.scales, args.limit, args.batch_size, args.precision,
+    report = evaluate(args.weights, args.data, protocols, args.scales, args.limit, args.batch_size, precision,
                       args.compile)
     print(format_report(report, args.format))
     return 0
@@ -188,7 +192,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="torchvision (or Keras) VGG weights to vggnet's safetensors format")
-    p.add_argument("--from", dest="source", choices=["torchvision", "keras"], required=True)
+    p.add_argument("--from", dest="source", choices=["torchvision", "keras"],
+                   help="the file's origin (default: from its extension: .pth/.pt torchvision, .h5 keras)")
     p.add_argument("file", help="torchvision vgg*.pth state dict, or Keras VGG16/VGG19 .h5")
     p.add_argument("--out", required=True, help="output .safetensors")
     p.set_defaults(func=_run_convert)
@@ -197,20 +202,27 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _run_convert(args: argparse.Namespace) -> int:
     from .convert import convert_keras, convert_torchvision
     from .weights import read_metadata
-    out = (convert_torchvision if args.source == "torchvision" else convert_keras)(args.file, args.out)
+    source = args.source or SOURCE_BY_SUFFIX.get("".join(Path(args.file).suffixes[-2:]).lower()) \
+        or SOURCE_BY_SUFFIX.get(Path(args.file).suffix.lower())
+    if source is None:
+        raise ValueError(f"{args.file}: cannot tell torchvision from Keras by the extension; give --from")
+    out = (convert_torchvision if source == "torchvision" else convert_keras)(args.file, args.out)
     spec = read_metadata(out)
     print(f"wrote {out}: config {spec.config}{' BN' if spec.batch_norm else ''}, "
           f"{spec.num_classes} classes, {spec.channel_order} input")
     return 0
 
 
+SOURCE_BY_SUFFIX = {".pth": "torchvision", ".pt": "torchvision", ".h5": "keras", ".weights.h5": "keras"}
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="class names and probabilities for an image or a folder of images")
     p.add_argument("target", help="an image file or a folder (searched recursively)")
-    p.add_argument("--weights", required=True, help="weights or checkpoint (.safetensors)")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--weights", required=True, help="weights (.safetensors) or a run folder")
+    p.add_argument("--topk", type=int, default=5, help="classes listed per image")
+    p.add_argument("--batch-size", type=int, default=32, help="images scored together")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="output format")
     p.add_argument("--precision", choices=["fp32", "bf16"],
                    help="scoring numerics, BN folded (default: bf16 where the CPU has it)")
     p.add_argument("--compile", action="store_true",
@@ -221,7 +233,6 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .evaluation import EvalModel
     from .prediction import format_predictions, list_images, predict, save_cam
@@ -241,10 +252,10 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export weights to ONNX")
-    p.add_argument("--weights", required=True)
-    p.add_argument("--onnx", required=True, metavar="OUT.onnx")
+    p.add_argument("--weights", required=True, help="weights (.safetensors) or a run folder")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
     p.add_argument("--dense", action="store_true", help="export the fully convolutional form (any input size)")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     p.set_defaults(func=_run_export)
 
 
@@ -292,9 +303,27 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add
                                                               _add_export, _add_study]
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """--help states each option's default, unless it is None/off or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _HelpWithDefaults)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vggnet", description="VGGNet (Simonyan & Zisserman, 2014) on PyTorch")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+    parser = _Parser(prog="vggnet", description="VGGNet (Simonyan & Zisserman, 2014) on PyTorch")
+    parser.add_argument("--version", action="version", version=f"vggnet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in COMMANDS:
         add(sub)
     return parser

@@ -285,5 +285,5 @@ def format_report(report: dict, fmt: str = "table") -> str:
                      f"{100 * r['top5_error']:.2f} | {r['images']} | {r['paper']} |")
     mode = f"{report['precision']}{', compiled' if report.get('compiled') else ''}"
     lines.append(f"\n{len(report['weights'])} model(s), {mode}; {report['seconds_per_image'] * 1000:.1f} ms "
-                 "per image for all protocols (compilation included)")
+                 f"per image for all protocols{' (compilation included)' if report.get('compiled') else ''}")
     return "\n".join(lines)

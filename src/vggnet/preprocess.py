@@ -38,7 +38,8 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def eval_scales(crop: int, train_scale: list[int] | tuple[int, int] | None) -> tuple[int, list[int]]:
     """(single-scale Q, the three multi-scale Qs), section 4.2: for a net trained at a fixed
-    S, Q in {S-32, S, S+32} (scaled to the image size; S = 256 for 224 crops, else the crop);
+    S, Q in {S-32, S, S+32} (scaled to the image size; S = 256 for 224 crops, else the crop),
+    or {S, S+32, S+64} where S-32 would be below the crop (a 32 px net: 32, 36, 40);
     jittered [Smin, Smax]: {Smin, (Smin+Smax)/2, Smax}, with Q = (Smin+Smax)/2 for one scale."""
     if train_scale:
         lo, hi = train_scale
@@ -46,7 +47,8 @@ def eval_scales(crop: int, train_scale: list[int] | tuple[int, int] | None) -> t
         return mid, [lo, mid, hi]
     s = 256 if crop == 224 else crop
     step = max(1, round(s / 8))                          # 32 at S=256
-    return s, [max(crop, s - step), s, s + step]
+    low = s - step if s - step >= crop else s
+    return s, [low, low + step, low + 2 * step]
 
 
 @dataclass(frozen=True)
