@@ -51,3 +51,19 @@ def test_cifar_head_export_dynamic_size(tmp_path):
         x = torch.randn(*shape)
         with torch.no_grad():
             np.testing.assert_allclose(run_onnx(out, x), model(x).numpy(), atol=1e-4, rtol=0)
+
+
+def test_the_file_says_how_to_feed_it_and_stands_alone(tmp_path, capsys):
+    import json
+    model = build_model("A", num_classes=3, head="cifar", width=1 / 16)
+    w = save_weights(tmp_path / "w.safetensors", model, describe(model, ["cat", "dog", "owl"], input_size=32,
+                                                                 mean=[1.0, 2.0, 3.0], std=None, channel_order="BGR"))
+    assert main(["export", "--weights", str(w), "--onnx", str(tmp_path / "out" / "m.onnx")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.onnx"]      # no .data file, no temporary
+    meta = ort.InferenceSession(str(tmp_path / "out" / "m.onnx"),
+                                providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    assert json.loads(meta["classes"]) == ["cat", "dog", "owl"] and meta["config"] == "A"
+    prep = json.loads(meta["preprocessing"])
+    assert (prep["mean"], prep["std"], prep["channel_order"], prep["crop"], prep["resize"]) == ([1.0, 2.0, 3.0], None,
+                                                                                               "BGR", 32, 32)
+    assert json.loads(meta["vggnet"])["input_size"] == 32

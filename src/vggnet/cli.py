@@ -261,7 +261,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
-    print(f"wrote {export_onnx(args.weights, args.onnx, args.dense, args.opset)}")
+    out = export_onnx(args.weights, args.onnx, args.dense, args.opset)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, weights inside; class names and preprocessing in "
+          "its metadata_props)")
     return 0
 
 

@@ -1,13 +1,16 @@
-"""ONNX export with dynamic batch (and dynamic height and width for the dense head)."""
+"""ONNX export with dynamic batch (and dynamic height and width for the dense head), one
+file with the weights inside and the classes and preprocessing in its metadata."""
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import torch
 
 from .model import to_dense
-from .weights import load_weights
+from .weights import ModelSpec, load_weights
 
 
 def export_onnx(weights: str | Path, out: str | Path, dense: bool = False, opset: int = 18) -> Path:
@@ -28,6 +31,34 @@ def export_onnx(weights: str | Path, out: str | Path, dense: bool = False, opset
                      3: torch.export.Dim("width", min=model.min_input_size, max=4096)})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["logits"],
-                      dynamic_shapes={"x": dims}, opset_version=opset, dynamo=True, verbose=False)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:   # nothing half-written left behind
+        raw = Path(tmp) / "raw.onnx"
+        torch.onnx.export(model, (example,), str(raw), input_names=["images"], output_names=["logits"],
+                          dynamic_shapes={"x": dims}, opset_version=opset, dynamo=True, verbose=False)
+        write_with_metadata(raw, out, onnx_metadata(meta, dense))
     return out
+
+
+def onnx_metadata(spec: ModelSpec, dense: bool) -> dict[str, str]:
+    """What whoever receives the file needs to feed it: the classes, the preprocessing and
+    the input size (ONNX metadata_props, read by onnxruntime's get_modelmeta())."""
+    p = spec.preprocessing
+    return {"vggnet": json.dumps(spec.to_dict()), "classes": json.dumps(spec.class_names),
+            "preprocessing": json.dumps({"mean": list(p.mean), "std": list(p.std) if p.std else None,
+                                         "channel_order": p.channel_order, "resize": p.resize, "crop": p.crop,
+                                         "scale": "0..255"}),
+            "input": "images (N, 3, H, W) float32: RGB 0..255 rescaled so the smaller side is resize, centre-"
+                     "cropped to crop, channels in channel_order, mean subtracted, divided by std when given",
+            "config": spec.config, "dense": str(dense).lower()}
+
+
+def write_with_metadata(raw: Path, out: Path, metadata: dict[str, str]) -> None:
+    """``raw`` with ``metadata`` added, written as one file (weights inside: under 2 GB for every VGG)."""
+    import onnx
+    model = onnx.load(str(raw))                  # reads the exporter's external .data file, if any
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    tmp = out.with_name(f".{out.name}.tmp")
+    onnx.save_model(model, str(tmp), save_as_external_data=False)
+    tmp.replace(out)
