@@ -186,3 +186,14 @@ def test_streaming_images_of_any_size_and_mode(tmp_path):
     batches = list(train.loader([torch.tensor([2, 0]), torch.tensor([1])], workers=0))
     assert batches[0][0].shape == (2, 3, 64, 64) and batches[0][1].tolist() == [1, 0]
     assert not D.fits_in_memory(items)
+
+
+def test_cache_command_lists_and_clears(tmp_path, capsys):
+    from vggnet.cli import main
+    root = write_image_folder(tmp_path / "d", classes=2, per_class=3)
+    D.load_folder_tensors(root / "train")
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert "train-" in out and f"in 1 file(s) in {D.cache_dir()}" in out
+    assert main(["cache", "--clear"]) == 0
+    assert "removed 1 file(s)" in capsys.readouterr().out and D.cache_entries() == []

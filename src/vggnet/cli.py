@@ -301,8 +301,29 @@ def _run_study(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_finetune, _add_summary, _add_eval, _add_convert, _add_predict,
-                                                              _add_export, _add_study]
+def _add_cache(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cache", help="list (or --clear) the decoded data sets and features kept between runs")
+    p.add_argument("--clear", action="store_true", help="delete them; they are rebuilt when next needed")
+    p.set_defaults(func=_run_cache)
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from .data import cache_dir, cache_entries, clear_cache
+    if args.clear:
+        n, size = clear_cache()
+        print(f"removed {n} file(s), {size / 2**20:.1f} MiB, from {cache_dir()}")
+        return 0
+    entries = cache_entries()
+    for path, size in entries:
+        print(f"{size / 2**20:9.1f} MiB  {path.name}")
+    print(f"{sum(s for _, s in entries) / 2**20:.1f} MiB in {len(entries)} file(s) in {cache_dir()} "
+          "(set VGGNET_CACHE to move it; vggnet cache --clear to empty it)")
+    return 0
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train, _add_finetune, _add_summary, _add_eval, _add_convert, _add_predict, _add_export, _add_study,
+    _add_cache]
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):

@@ -142,7 +142,23 @@ def _listing_key(items: list[tuple[Path, int]]) -> str:
 
 
 def cache_dir() -> Path:
+    """Where decoded data sets and fine-tuning features are kept: $VGGNET_CACHE, else ~/.cache/vggnet."""
     return Path(os.environ.get("VGGNET_CACHE", Path.home() / ".cache" / "vggnet"))
+
+
+def cache_entries() -> list[tuple[Path, int]]:
+    """(file, bytes) of every cached data set and feature file, largest first."""
+    root = cache_dir()
+    files = [p for p in root.glob("*.safetensors") if p.is_file()] if root.is_dir() else []
+    return sorted(((p, p.stat().st_size) for p in files), key=lambda e: -e[1])
+
+
+def clear_cache() -> tuple[int, int]:
+    """Delete the cached files (they are rebuilt when next needed); (files, bytes) freed."""
+    entries = cache_entries()
+    for path, _ in entries:
+        path.unlink(missing_ok=True)
+    return len(entries), sum(size for _, size in entries)
 
 
 def reject_bad(bad: list[tuple[Path, str]], skip_bad: bool) -> list[str]:

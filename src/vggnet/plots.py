@@ -13,19 +13,36 @@ import torch  # noqa: E402
 
 
 def plot_curves(metrics: Path, out: Path) -> None:
-    """Training loss, training and validation accuracy per epoch, from ``metrics.jsonl``."""
+    """Loss (training, and validation where recorded), accuracy (training on augmented
+    images, validation) and the learning rate at each epoch's end, from ``metrics.jsonl``."""
+    from matplotlib.ticker import MaxNLocator
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     epochs = [r["epoch"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [r["train_loss"] for r in rows], marker="o")
-    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
-    ax2.plot(epochs, [r["train_acc"] for r in rows], marker="o", label="train (augmented)")
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
+    ax1.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="training (augmented, label smoothing)")
+    if any("val_loss" in r for r in rows):
+        ax1.plot(epochs, [r.get("val_loss") for r in rows], marker="o", label="validation")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax1.legend()
+    ax2.plot(epochs, [r["train_acc"] for r in rows], marker="o", label="training (augmented)")
     ax2.plot(epochs, [r["val_acc"] for r in rows], marker="o", label="validation")
     ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     ax2.legend()
+    ax3.plot(epochs, [r["lr"] for r in rows], marker="o")
+    ax3.set(xlabel="epoch", ylabel="learning rate", title="learning rate at the epoch's end")
+    for ax in (ax1, ax2, ax3):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out)
+
+
+def save_figure(fig: plt.Figure, out: Path) -> None:
+    """Write a PNG atomically (a temporary name, then rename) and close the figure."""
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
+    tmp.replace(out)
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path) -> None:
@@ -35,15 +52,14 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path) -> No
     ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=90)
     ax.set_yticks(range(len(classes)), classes)
-    ax.set(xlabel="predicted", ylabel="true", title="test confusion matrix")
+    ax.set(xlabel="predicted", ylabel="true", title="test confusion matrix (counts; colour: share of the row)")
     if len(classes) <= 20:
         for i in range(len(classes)):
             for j in range(len(classes)):
                 ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def plot_study_points(points: list[dict], out: Path) -> None:
@@ -58,5 +74,4 @@ def plot_study_points(points: list[dict], out: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("top-1 test error (%), dense, one scale")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)

@@ -107,7 +107,7 @@ def format_summary(rows: list[LayerRow], fmt: str = "table") -> str:
     if fmt == "json":
         return json.dumps({"layers": [dataclasses.asdict(r) | {"params": r.params} for r in rows],
                            "totals": totals(rows)}, indent=2)
-    header = ["layer", "output (HxWxC)", "activations", "memory", "weights", "biases", "params", "MACs",
+    header = ["layer", "output (HxWxC)", "activations", "memory", "weights", "biases+BN", "params", "MACs",
               "RF", "stride"]
     body = [[r.name, "x".join(map(str, r.output_shape)), f"{r.activations:,}", _mib(r.memory_bytes),
              f"{r.weights:,}", f"{r.biases:,}", f"{r.params:,}", f"{r.macs:,}",
@@ -115,16 +115,20 @@ def format_summary(rows: list[LayerRow], fmt: str = "table") -> str:
     t = totals(rows)
     body.append(["total", "", f"{t['activations']:,}", _mib(t["memory_bytes"]), f"{t['weights']:,}",
                  f"{t['biases']:,}", f"{t['params']:,}", f"{t['macs']:,}", "", ""])
-    if fmt == "csv":
+    if fmt == "csv":   # numbers only: memory in bytes, thousands without separators
+        memory = [r.memory_bytes for r in rows] + [t["memory_bytes"]]
+        table = [[*row[:3], str(m), *row[4:]] for row, m in zip(body, memory)]
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows([header] + [[v.replace(",", "") for v in row] for row in body])
+        csv.writer(buf, lineterminator="\n").writerows(
+            [[*header[:3], "memory_bytes", *header[4:]]] + [[v.replace(",", "") for v in row] for row in table])
         return buf.getvalue().rstrip("\n")
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}; valid: table, json, csv")
     widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
     line = lambda row: "  ".join(v.ljust(wd) if i < 2 else v.rjust(wd) for i, (v, wd) in enumerate(zip(row, widths)))  # noqa: E731
     sep = "-" * len(line(header))
-    gmacs = f"{t['macs'] / 1e9:.2f} GMACs, {t['params'] / 1e6:.1f} M parameters, {_mib(t['memory_bytes'])} of activations per image (fp32, forward)"
+    gmacs = (f"{t['macs'] / 1e9:.2f} GMACs, {t['params'] / 1e6:.1f} M parameters, {_mib(t['memory_bytes'])} of "
+             "activations per image (fp32, forward); biases+BN: a layer's biases and its BatchNorm's gamma and beta")
     return "\n".join([line(header), sep] + [line(r) for r in body[:-1]] + [sep, line(body[-1]), gmacs])
 
 

@@ -241,7 +241,12 @@ class Trainer:
         st = self.state
         st.epoch += 1
         t0 = time.perf_counter()
-        val_acc = accuracy(self.predict(self.val), self.val.labels) if len(self.val) else stats["train_acc"]
+        if len(self.val):
+            logits = self.predict(self.val)
+            val_acc, val_loss = accuracy(logits, self.val.labels), F.cross_entropy(logits, self.val.labels).item()
+            stats.update(val_loss=val_loss)
+        else:       # no hold-out: the schedule and the best checkpoint follow the training accuracy
+            val_acc = stats["train_acc"]
         stats.update(epoch=st.epoch, val_acc=val_acc, eval_time_s=time.perf_counter() - t0)
         if self.schedule.budget_min and st.epoch == 1:
             self.fit_to_budget(stats["train_time_s"] + stats["eval_time_s"])
