@@ -1,23 +1,28 @@
 # Two entry points for a fresh machine: `make train` and `make test`.
-# Each creates .venv, installs vggnet into it (torch and torchvision by the ranges of
-# pyproject.toml) and runs the job.
+# Each creates .venv and installs vggnet into it (torch and torchvision by the ranges of
+# pyproject.toml): `make train` the package alone, `make test` with its test extras too.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-$(BIN)/vggnet: pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) -e '.[test]'
 	touch $@
 
 .PHONY: install train test summary
-install: $(BIN)/vggnet
+install: $(VENV)/.installed
 
-train: $(BIN)/vggnet   ## VGG-16-BN on CIFAR-10 with the fast recipe (data: $$VGGNET_DATA or ../shared/data)
+train: $(VENV)/.installed   ## VGG-16-BN on CIFAR-10 with the fast recipe (data: $$VGGNET_DATA or ../shared/data)
 	$(BIN)/vggnet train $(ARGS)
 
-test: $(BIN)/vggnet    ## the whole test suite, no network
+test: $(VENV)/.installed-test    ## the whole test suite, no network
 	$(BIN)/python -m pytest -q $(ARGS)
 
-summary: $(BIN)/vggnet
+summary: $(VENV)/.installed
 	$(BIN)/vggnet summary --config D
