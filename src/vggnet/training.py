@@ -262,7 +262,8 @@ class Trainer:
     def remaining(self) -> tuple[int, int]:
         """(steps, epochs) left to the end of the schedule's length."""
         st, steps = self.state, self.schedule.steps_per_epoch
-        return (self.r.epochs - st.epoch) * steps - st.batch_in_epoch, self.r.epochs - st.epoch
+        in_epoch = st.batch_in_epoch if st.perm is not None else 0     # an epoch under way
+        return max(0, (self.r.epochs - st.epoch) * steps - in_epoch), self.r.epochs - st.epoch
 
     def _stopped(self) -> dict:
         self.save_checkpoint(self.out / "last.safetensors")
