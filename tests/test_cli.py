@@ -101,3 +101,10 @@ def test_convert_tells_the_source_by_the_extension(tmp_path, capsys):
     (tmp_path / "weights.bin").write_bytes(b"x")
     assert main(["convert", str(tmp_path / "weights.bin"), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "cannot tell torchvision from Keras by the extension; give --from" in capsys.readouterr().err
+
+
+def test_help_and_version_do_not_import_torch():
+    code = ("import sys\nfrom vggnet.cli import main\nfor argv in (['--help'], ['--version'], ['train', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

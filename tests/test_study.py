@@ -17,11 +17,14 @@ def tiny_recipe():
     return get_recipe("fast").replace(batch_size=16, lr=0.05, warmup_epochs=0.5, init="glorot")
 
 
-def test_tiny_study_writes_table_plot_and_resumes(dataset, tmp_path):
+def test_tiny_study_writes_table_plot_and_resumes(dataset, tmp_path, capsys):
     out = tmp_path / "study"
     kw = dict(epochs=1, out=out, recipe=tiny_recipe(), jitter=(32, 40), jitter_config="A", eval_images=9,
               width=1 / 16, val_size=12)
     summary = study(str(dataset), ["A", "B-5x5"], **kw)
+    said = capsys.readouterr().out
+    assert "study: training A-fixed-seed0: configuration A, fixed scale, seed 0" in said
+    assert "study: training A-S32-40-seed0: configuration A, scale jittering [32, 40], seed 0" in said
     runs = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert runs == ["A-S32-40-seed0", "A-fixed-seed0", "B-5x5-fixed-seed0"]
     assert len(summary["rows"]) == 3 * len(PROTOCOLS)
@@ -38,6 +41,8 @@ def test_tiny_study_writes_table_plot_and_resumes(dataset, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/last.safetensors")}
     (out / "A-fixed-seed0" / "results.json").unlink()    # as if stopped after its last checkpoint
     again = study(str(dataset), ["A", "B-5x5"], **kw)
+    said = capsys.readouterr().out
+    assert "study: resuming A-fixed-seed0" in said and "study: B-5x5-fixed-seed0 is done (skipped)" in said
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/last.safetensors")} == stamps
     assert len((out / "A-fixed-seed0" / "metrics.jsonl").read_text().splitlines()) == 1   # resumed, not retrained
     assert again["rows"] == summary["rows"]

@@ -73,8 +73,12 @@ def train_run(run: StudyRun, out: Path, recipe: Recipe, data: str, batch_norm: b
     from .training import train
     folder = out / run.name
     if (folder / "results.json").is_file():
+        print(f"study: {run.name} is done (skipped)", flush=True)
         return folder
     resume = (folder / "last.safetensors").is_file()
+    print(f"study: {'resuming' if resume else 'training'} {run.name}: configuration {run.config}, "
+          f"{'scale jittering ' + str(list(run.train_scale)) if run.train_scale else 'fixed scale'}, seed {run.seed}",
+          flush=True)
     train(RunSettings(config=run.config, batch_norm=batch_norm, recipe=recipe.replace(train_scale=run.train_scale),
                       data=data, out=str(folder), seed=run.seed, **settings), resume=resume)
     return folder
