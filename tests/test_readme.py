@@ -28,9 +28,9 @@ def cheap_commands() -> list[str]:
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg").is_dir(), reason="needs ../shared/data/cifar10-jpeg")
-@pytest.mark.parametrize("index", range(len(python_blocks())))
-def test_python_block_runs(index, tmp_path):
-    """Run from a folder where ../shared/data is the shared data and photo.jpg a photograph."""
+def test_python_blocks_run_in_order(tmp_path):
+    """As a reader follows the README: each block in turn, in one project folder where
+    ../shared/data is the shared data and photo.jpg a photograph."""
     work = tmp_path / "project"
     work.mkdir()
     (tmp_path / "shared").symlink_to(SHARED_DATA.parent)
@@ -38,13 +38,14 @@ def test_python_block_runs(index, tmp_path):
         else next((SHARED_DATA / "cifar10-jpeg" / "test" / "cat").iterdir())
     shutil.copy(photo, work / "photo.jpg")
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    done = subprocess.run([sys.executable, "-c", python_blocks()[index]], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    for index, block in enumerate(python_blocks()):
+        done = subprocess.run([sys.executable, "-c", block], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, f"block {index + 1}:\n{block}\n{done.stderr[-3000:]}"
 
 
 def test_the_readme_has_python_blocks_and_cheap_commands():
-    assert len(python_blocks()) >= 2 and len(cheap_commands()) >= 2
+    assert len(python_blocks()) >= 3 and len(cheap_commands()) >= 2
 
 
 @pytest.mark.parametrize("command", cheap_commands())

@@ -28,6 +28,7 @@ _OWNERS = {
     "vgg16": "model", "vgg16_bn": "model", "vgg19": "model", "vgg19_bn": "model",
     "ModelSpec": "weights", "load_weights": "weights", "save_weights": "weights",
     "Preprocessing": "preprocess",
+    "save_pretrained": "hub", "from_pretrained": "hub",
     "RunSettings": "settings", "resolve_settings": "settings",
     "train": "training", "Trainer": "training", "finetune": "transfer",
     "evaluate": "evaluation", "predict": "prediction",
@@ -50,6 +51,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:   # for type checkers and IDEs: the same names, imported eagerly
     from .configs import CONFIGS, PARAMETER_COUNTS, RECIPES, Recipe, get_recipe, resolve_config  # noqa: F401
     from .evaluation import evaluate  # noqa: F401
+    from .hub import from_pretrained, save_pretrained  # noqa: F401
     from .transfer import finetune  # noqa: F401
     from .model import (VGG, build_model, count_parameters, init_weights, to_dense, vgg11, vgg11_bn,  # noqa: F401
                         vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn)

@@ -301,6 +301,27 @@ def _run_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("push", help="upload a run's weights to the Hugging Face Hub (config.json, model.safetensors, "
+                                    "a model card); needs the hub extra")
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder (its best weights) or a weights file")
+    p.add_argument("--repo", help="the Hub repo id, user/name")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--save-only", metavar="DIR", help="write the Hub folder to DIR instead of uploading it")
+    p.set_defaults(func=_run_push)
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from .hub import push, save_pretrained
+    if args.save_only:
+        print(f"wrote {save_pretrained(args.run, args.save_only)} (config.json, model.safetensors, README.md)")
+        return 0
+    if not args.repo:
+        raise ValueError("give --repo USER/NAME (or --save-only DIR to write the Hub folder here)")
+    print(f"pushed {args.run} to {push(args.run, args.repo, args.private)}")
+    return 0
+
+
 def _add_cache(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache", help="list (or --clear) the decoded data sets and features kept between runs")
     p.add_argument("--clear", action="store_true", help="delete them; they are rebuilt when next needed")
@@ -323,7 +344,7 @@ def _run_cache(args: argparse.Namespace) -> int:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train, _add_finetune, _add_summary, _add_eval, _add_convert, _add_predict, _add_export, _add_study,
-    _add_cache]
+    _add_push, _add_cache]
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):

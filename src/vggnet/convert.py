@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .configs import config_with_convs, convs_per_block
+from .extras import require
 from .model import VGG, build_model
 from .preprocess import CAFFE_PREPROCESSING, TORCHVISION_PREPROCESSING
 from .weights import WeightsError, describe, imagenet_classes, save_weights
@@ -64,10 +65,8 @@ def _keras_arrays(path: Path) -> dict[str, list]:
     """{layer name: [kernel, bias]} from a Keras VGG16/VGG19 weights file, in either layout:
     Keras 2's ``*_tf_dim_ordering_tf_kernels.h5`` (attributes ``layer_names``/``weight_names``)
     or Keras 3's ``.weights.h5`` (``layers/<name>/vars/<i>``)."""
-    try:
-        import h5py
-    except ImportError:
-        raise WeightsError("reading Keras weights needs h5py: pip install h5py") from None
+    require("keras")
+    import h5py
     try:
         f = h5py.File(path, "r")
     except OSError as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .extras import require
 from .model import to_dense
 from .weights import ModelSpec, load_weights
 
@@ -18,6 +19,7 @@ def export_onnx(weights: str | Path, out: str | Path, dense: bool = False, opset
     (``load_weights(w)[1].preprocessing``: rescale, centre crop, channel order, mean, std),
     output "logits" (N, classes). ``dense`` exports the fully convolutional form (3.2),
     which takes any H, W of at least its minimum; otherwise H = W = the training input size."""
+    require("onnx")                      # before anything is loaded or written
     model, meta = load_weights(weights)
     if dense:
         model = to_dense(model)

@@ -89,6 +89,10 @@ class TensorLoader(_Loader):
         x = random_crop_flip(x, 0 if a.scale else a.padding, a.flip, self.gen)
         return finish(x, a, self.gen)
 
+    def test_crops(self, index: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, crop, crop): the images at ``index`` as the test sees them, before normalising."""
+        return self.preprocess.crop_images(self.data.images[index])
+
     def eval_batches(self, order: torch.Tensor, batch_size: int) -> Iterator[Batch]:
         """Test-time inputs (3.2: rescaled to Q, centre-cropped) and labels, in ``order``."""
         for i in range(0, len(order), batch_size):
@@ -115,6 +119,10 @@ class StreamLoader(_Loader):
         mine = [c[shard(len(c), self.world)] for c in chunks]
         for (images, y), chunk in zip(self.train_view.view(epoch=epoch).loader(mine, self.workers), chunks):
             yield finish(self.preprocess.normalize(images, channels_last=False), self.aug, self.gen), y, len(chunk)
+
+    def test_crops(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.test_view[i][0] for i in index.tolist()]) if len(index) else \
+            torch.zeros(0, 3, self.preprocess.crop, self.preprocess.crop, dtype=torch.uint8)
 
     def eval_batches(self, order: torch.Tensor, batch_size: int) -> Iterator[Batch]:
         chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

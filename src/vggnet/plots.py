@@ -46,7 +46,12 @@ def save_figure(fig: plt.Figure, out: Path) -> None:
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path) -> None:
-    """Row-normalised confusion matrix with the counts written in each cell."""
+    """Row-normalised confusion matrix with the counts written in each cell, as a PNG."""
+    save_figure(confusion_figure(confusion, classes), out)
+
+
+def confusion_figure(confusion: torch.Tensor, classes: list[str]) -> plt.Figure:
+    """The confusion matrix as a figure (for the PNG and for TensorBoard)."""
     norm = confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)
     fig, ax = plt.subplots(figsize=(1 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
     ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
@@ -59,7 +64,13 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path) -> No
                 ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.tight_layout()
-    save_figure(fig, out)
+    return fig
+
+
+def overlay_heatmap(image: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
+    """uint8 (3, H, W) image with a [0, 1] (H, W) heat map over it in the jet colours (Grad-CAM)."""
+    colours = torch.from_numpy(matplotlib.colormaps["jet"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
+    return (0.55 * image.float() + 0.45 * 255 * colours).clamp(0, 255).to(torch.uint8)
 
 
 def plot_study_points(points: list[dict], out: Path) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .files import write_text_atomic
 from .weights import read_checkpoint
 
 if TYPE_CHECKING:
@@ -49,11 +50,35 @@ def final_report(trainer: "Trainer") -> dict:
     per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
     result["per_class_acc"] = dict(zip(classes, per_class))
     write_report(out, result, confusion, classes)
+    if trainer.board.writer is not None:
+        from .plots import confusion_figure
+        wrong, titles, cams = mistakes(trainer, final_logits)
+        trainer.board.final(result, trainer.settings(), confusion_figure(confusion, classes), wrong, titles, cams)
     return result
+
+
+def mistakes(trainer: "Trainer", logits: torch.Tensor, k: int = 16, cams: int = 4) -> tuple:
+    """The ``k`` test images misclassified with the highest confidence (uint8 crops), a line
+    for each (what it is, what the net said), and Grad-CAM overlays of the first ``cams``."""
+    from .plots import overlay_heatmap
+    from .prediction import grad_cam
+    probs = torch.softmax(logits.float(), 1)
+    confidence, predicted = probs.max(1)
+    wrong = (predicted != trainer.test.labels).nonzero().flatten()
+    order = wrong[confidence[wrong].argsort(descending=True)][:k]
+    images = trainer.test.test_crops(order)
+    names = trainer.spec.class_names
+    titles = [f"{i}: a {names[trainer.test.labels[i]]}, taken for a {names[predicted[i]]} "
+              f"({100 * confidence[i]:.1f} %)" for i in order.tolist()]
+    model = trainer.eval_model.float()
+    maps = [overlay_heatmap(img, grad_cam(model, trainer.spec.preprocessing.normalize(img[None]),
+                                          int(predicted[i]))[0].detach())
+            for img, i in zip(images[:cams], order[:cams].tolist())]
+    return images, titles, torch.stack(maps) if maps else None
 
 
 def write_report(out: Path, result: dict, confusion: torch.Tensor, classes: list[str]) -> None:
     from .plots import plot_confusion, plot_curves
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    write_text_atomic(out / "results.json", json.dumps(result, indent=2))
     plot_curves(out / "metrics.jsonl", out / "curves.png")
     plot_confusion(confusion, classes, out / "confusion.png")

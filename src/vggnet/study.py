@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .configs import PROTOCOLS, STUDY_CONFIGS, Recipe, get_recipe, resolve_config, weight_layers
 from .evaluation import evaluate
+from .files import write_text_atomic
 
 # The paper's ILSVRC-2012 validation errors (top-1 %, top-5 %). Its Tables 3 and 4 use
 # dense evaluation (3.2): Table 3 at one test scale, Table 4 at three; Table 5 compares
@@ -90,7 +91,7 @@ def evaluate_run(folder: Path, data: str, limit: int) -> list[dict]:
     if cached.is_file():
         return json.loads(cached.read_text())["rows"]
     report = evaluate([folder / "last.safetensors"], data, protocols=list(PROTOCOLS), limit=limit)
-    cached.write_text(json.dumps(report, indent=2))
+    write_text_atomic(cached, json.dumps(report, indent=2))
     return report["rows"]
 
 
@@ -118,8 +119,8 @@ def study(data: str, configs: list[str] | None = None, *, epochs: int = 15, seed
                "width": settings.get("width", 1.0), "input_size": model_meta["input_size"], "head": model_meta["head"],
                "num_classes": model_meta["num_classes"], "rows": aggregate(results)}
     summary["claims"] = claims(summary["rows"])
-    (out / "study.json").write_text(json.dumps(summary, indent=2))
-    (out / "study.md").write_text(format_study(summary))
+    write_text_atomic(out / "study.json", json.dumps(summary, indent=2))
+    write_text_atomic(out / "study.md", format_study(summary))
     plot_study(summary, configs, out / "study.png")
     return summary
 

@@ -30,13 +30,15 @@ from . import runtime
 from .checkpoint import TrainState, resume_training_checkpoint, save_training_checkpoint
 from .configs import Recipe
 from .distributed import World, convert_sync_batchnorm, gather, setup, shard, teardown
-from .transfer import freeze, frozen_modules, pretrained_model
+from .files import write_text_atomic
 from .loader import run_data
-from .progress import Progress, summary
 from .model import VGG
+from .progress import Progress, summary
 from .report import accuracy, final_report
 from .schedule import Schedule
 from .settings import RunSettings, resolve_settings
+from .tensorboard_log import RunBoard
+from .transfer import freeze, frozen_modules, pretrained_model
 from .weights import ModelSpec, warm_start
 
 
@@ -88,6 +90,7 @@ class Trainer:
         self.progress = Progress(self.world.main, s.log_every)
         if resume:
             self.load_checkpoint(self.out / "last.safetensors")
+        self.board = RunBoard(self.out, self.world.main, self.progress.say, self.state.step if resume else None)
 
     def _load_data(self) -> None:
         """The three loaders, and the model's description from the training set's statistics."""
@@ -180,6 +183,8 @@ class Trainer:
             seen_here += len(y)
             now = time.perf_counter()
             self.progress.step(i, now - fetched, p, lr, seen_here / (now - start), self.remaining())
+            if st.step % self.s.log_every == 0:
+                self.board.step(st.step, p, lr, seen_here / (now - start))
             fetched = now
         st.perm = None
         return self._epoch_stats(p["time_s"] + time.perf_counter() - start, data_time)
@@ -233,6 +238,7 @@ class Trainer:
             self.progress.say(summary(result, self.out))
             return result
         finally:
+            self.board.flush()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
@@ -258,6 +264,7 @@ class Trainer:
             with open(self.out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(stats) + "\n")
         self.progress.end_epoch(stats, self.remaining())
+        self.board.epoch(stats)
 
     def remaining(self) -> tuple[int, int]:
         """(steps, epochs) left to the end of the schedule's length."""
@@ -296,7 +303,7 @@ class Trainer:
     def _write_run_json(self) -> None:
         if not self.world.main:
             return
-        (self.out / "run.json").write_text(json.dumps({"settings": self.settings().to_dict(),
+        write_text_atomic(self.out / "run.json", json.dumps({"settings": self.settings().to_dict(),
                                                        "model": self.metadata().to_dict(),
                                                        "machine": runtime.machine()}, indent=2))
 
@@ -374,4 +381,5 @@ def train(settings: RunSettings | None = None, *, resume: bool = False, **option
     try:
         return trainer.fit()
     finally:
+        trainer.board.close()
         teardown(trainer.world)

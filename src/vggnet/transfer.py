@@ -33,6 +33,7 @@ from tqdm import tqdm
 from . import runtime
 from .data import cache_dir
 from .distributed import World
+from .files import write_text_atomic
 from .loader import run_data
 from .model import VGG
 from .progress import summary
@@ -215,7 +216,7 @@ def linear_finetune(settings: RunSettings, cut: str = "fc7") -> dict:
     t0 = time.perf_counter()
     features = cached_features(Backbone(model, cut), {"train": train, "val": val, "test": test}, key)
     feature_s = time.perf_counter() - t0
-    (out / "run.json").write_text(json.dumps({"settings": s.to_dict(), "mode": "linear", "features": cut,
+    write_text_atomic(out / "run.json", json.dumps({"settings": s.to_dict(), "mode": "linear", "features": cut,
                                               "model": spec.to_dict(), "machine": runtime.machine()}, indent=2))
     r = s.recipe
     run = LinearRun(features, head_of(model, cut), r.epochs, r.lr, r.batch_size, r.weight_decay, r.label_smoothing,

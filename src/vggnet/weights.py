@@ -199,9 +199,24 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]
 
 
 def read_metadata(path: str | Path) -> ModelSpec:
-    """The ModelSpec of a weights file (or a run folder's), validated, without reading its tensors."""
+    """The ModelSpec of a weights file (or a run or Hub folder's), validated, without reading its tensors."""
     path = resolve_weights_path(path)
+    config = hub_config(path)
+    if config is not None:
+        try:
+            return ModelSpec.from_dict(json.loads(config.read_text()), config)
+        except json.JSONDecodeError as exc:
+            raise WeightsError(f"{config}: not JSON ({exc})") from None
     return ModelSpec.from_dict(read_header(path).get("model"), path)
+
+
+HUB_CONFIG, HUB_WEIGHTS = "config.json", "model.safetensors"   # the Hugging Face Hub layout (vggnet.hub)
+
+
+def hub_config(path: Path) -> Path | None:
+    """config.json beside a Hub-layout model.safetensors (its tensors carry no prefix), else None."""
+    config = path.parent / HUB_CONFIG
+    return config if path.name == HUB_WEIGHTS and config.is_file() else None
 
 
 def resolve_weights_path(path: str | Path) -> Path:
@@ -224,11 +239,12 @@ def save_weights(path: str | Path, model: VGG, spec: ModelSpec | dict) -> Path:
 
 def load_weights(path: str | Path) -> tuple[VGG, ModelSpec]:
     """(model in eval mode, its ModelSpec) from a training checkpoint, converted weights,
-    or a run folder."""
+    a run folder, or a folder in the Hugging Face Hub layout (vggnet.hub)."""
     path = resolve_weights_path(path)
     spec = read_metadata(path)
     model = spec.build()
-    state = {k[len("model."):]: v for k, v in load_file(str(path)).items() if k.startswith("model.")}
+    tensors = load_file(str(path))
+    state = tensors if hub_config(path) else {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
