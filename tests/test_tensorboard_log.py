@@ -22,7 +22,7 @@ def test_a_run_writes_scalars_images_and_hparams(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     data = write_image_folder(tmp_path / "d", classes=3, per_class=24)
     result = train(tiny(data, tmp_path / "run"))
-    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
     assert {"train/loss", "train/learning_rate", "train/images_per_s", "epoch/val_accuracy", "epoch/val_loss",
@@ -34,7 +34,7 @@ def test_a_run_writes_scalars_images_and_hparams(tmp_path, capsys):
     made_mistakes = result["final_test_acc"] < 1
     assert ("test/most_confident_mistakes" in tags["images"]) == made_mistakes      # shown when there are some
     assert ("test/grad_cam_of_mistakes" in tags["images"]) == made_mistakes
-    assert "tensorboard/ (tensorboard --logdir)" in capsys.readouterr().out
+    assert "events.out.tfevents.* (tensorboard --logdir)" in capsys.readouterr().out
 
 
 def test_without_the_package_the_run_says_so_once(tmp_path, capsys, monkeypatch):
@@ -44,4 +44,4 @@ def test_without_the_package_the_run_says_so_once(tmp_path, capsys, monkeypatch)
     out = capsys.readouterr().out
     assert out.count("not logging to TensorBoard: the tensorboard package is not installed "
                      "(pip install \"vggnet[tensorboard]\")") == 1
-    assert not (tmp_path / "run" / "tensorboard").exists() and (tmp_path / "run" / "results.json").is_file()
+    assert not list((tmp_path / "run").glob("events.out.tfevents.*")) and (tmp_path / "run" / "results.json").is_file()

@@ -53,11 +53,12 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path) -> No
 def confusion_figure(confusion: torch.Tensor, classes: list[str]) -> plt.Figure:
     """The confusion matrix as a figure (for the PNG and for TensorBoard)."""
     norm = confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)
-    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
+    side = max(4.5, 1 + 0.6 * len(classes))
+    fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=90)
     ax.set_yticks(range(len(classes)), classes)
-    ax.set(xlabel="predicted", ylabel="true", title="test confusion matrix (counts; colour: share of the row)")
+    ax.set(xlabel="predicted", ylabel="true", title="test confusion matrix\n(counts; colour: share of the row)")
     if len(classes) <= 20:
         for i in range(len(classes)):
             for j in range(len(classes)):

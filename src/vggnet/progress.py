@@ -109,7 +109,7 @@ def summary(result: dict, out: object) -> str:
     if "best_val_test_acc" in result:
         lines[0] += (f", {100 * result['best_val_test_acc']:.2f} % (best validation, "
                      f"{100 * result['best_val_acc']:.2f} % on validation)")
-    board = ", tensorboard/ (tensorboard --logdir)" if (Path(out) / "tensorboard").is_dir() else ""
+    board = ", events.out.tfevents.* (tensorboard --logdir)" if any(Path(out).glob("events.out.tfevents.*")) else ""
     lines.append(f"files in {out}: results.json, metrics.jsonl, run.json, last.safetensors, best.safetensors, "
                  f"curves.png, confusion.png{board}")
     return "\n".join(lines)

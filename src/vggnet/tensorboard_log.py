@@ -1,4 +1,5 @@
-"""TensorBoard event files for a run (``RUN_DIR/tensorboard``), through torch.utils.tensorboard:
+"""TensorBoard event files in a run folder (so TensorBoard names the run after it), through
+torch.utils.tensorboard:
 training scalars every few steps and per epoch, and at the end the test confusion matrix,
 the test images the net got wrong most confidently, their Grad-CAM maps, and the run's
 hyper-parameters with its final metrics. ``tensorboard --logdir runs`` shows every run.
@@ -31,7 +32,7 @@ class RunBoard:
                 "(pip install \"vggnet[tensorboard]\"); metrics.jsonl and the plots are written as always")
             return
         from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=purge_step)
+        self.writer = SummaryWriter(str(out), purge_step=purge_step)
 
     def step(self, step: int, totals: dict, lr: float, images_per_s: float) -> None:
         """Running training loss and accuracy of the epoch so far, the rate, the speed."""
