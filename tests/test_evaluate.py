@@ -91,7 +91,9 @@ def test_evaluate_every_protocol_and_ensemble(tmp_path):
         evaluate(weights, data, ["dense-crop"])
     compiled = evaluate(weights[:1], data, ["single"], compile=True)   # the user's path, torch.compiled
     assert compiled["compiled"] and compiled["rows"][0]["top1_error"] == one["rows"][0]["top1_error"]
-    assert "fp32, compiled" in format_report(compiled)
+    from vggnet.runtime import bf16_supported        # the default: bf16 where this CPU runs it, as `vggnet eval`
+    assert compiled["precision"] == ("bf16" if bf16_supported() else "fp32")
+    assert f"{compiled['precision']}, compiled, cpu (" in format_report(compiled)
     with pytest.raises(ValueError, match="--compile works with --precision fp32 or bf16"):   # before any file is read
         evaluate([tmp_path / "missing.safetensors"], tmp_path / "no-data", precision="int8", compile=True)
 

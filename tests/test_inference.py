@@ -47,8 +47,12 @@ def test_int8_really_runs_quantized_kernels(bn_model):
 
 
 def test_bad_precision_and_missing_calibration(bn_model):
-    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
-        InferenceNet(bn_model, "fp16")
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        InferenceNet(bn_model, "fp8")
+    with pytest.raises(ValueError, match="fp16 scoring is for GPUs; on the CPU use bf16"):
+        InferenceNet(bn_model, "fp16")                     # a GPU precision, refused on the CPU
+    with pytest.raises(ValueError, match="int8 scoring is a CPU feature .*use --device cpu"):
+        InferenceNet(bn_model, "int8", device="meta")
     with pytest.raises(ValueError, match="at least one calibration batch"):
         InferenceNet(bn_model, "int8")
 

@@ -1,7 +1,9 @@
 """The paper's training-time augmentation (section 3.1) as whole-batch tensor operations:
 scale jittering, random crops and flips, AlexNet's PCA colour shift, and Cutout.
 
-Each takes a ``torch.Generator`` so a run's augmentation is reproduced exactly on resume.
+Each takes a ``torch.Generator`` so a run's augmentation is reproduced exactly on resume;
+the random draws are made on the CPU and moved to the images' device, so a batch on a GPU
+is augmented there with the same draws as on the CPU.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch
     n, c, h, w = x.shape
     if padding > 0:
         padded = torch.nn.functional.pad(x, (padding,) * 4, mode="reflect")
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]     # (n, 1, h, 1)
-        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]     # (n, 1, 1, w)
-        x = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+        ar = {k: torch.arange(k, device=x.device) for k in {n, c, h, w}}
+        rows = (dy[:, None] + ar[h])[:, None, :, None]     # (n, 1, h, 1)
+        cols = (dx[:, None] + ar[w])[:, None, None, :]     # (n, 1, 1, w)
+        x = padded[ar[n][:, None, None, None], ar[c][None, :, None, None], rows, cols]
     if flip:
-        mask = torch.rand(n, generator=generator) < 0.5
+        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
         x = torch.where(mask[:, None, None, None], x.flip(-1), x)
     return x
 
@@ -33,9 +36,9 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
     drawn centre of each mean-subtracted image set to 0, the mean colour; squares may be
     clipped by the border. Not in the paper: a regulariser for short CIFAR schedules."""
     n, _, h, w = x.shape
-    top = torch.randint(0, h, (n,), generator=generator) - size // 2
-    left = torch.randint(0, w, (n,), generator=generator) - size // 2
-    rows, cols = torch.arange(h), torch.arange(w)
+    top = (torch.randint(0, h, (n,), generator=generator) - size // 2).to(x.device)
+    left = (torch.randint(0, w, (n,), generator=generator) - size // 2).to(x.device)
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)        # (n, h)
     in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size)      # (n, w)
     hole = in_rows[:, None, :, None] & in_cols[:, None, None, :]           # (n, 1, h, w)
@@ -58,10 +61,10 @@ def scale_jitter_crop(images: torch.Tensor, smin: int, smax: int, crop: int,
     uniformly from [smin, smax], then a random crop x crop window; one resize per distinct S."""
     n = len(images)
     scales = torch.randint(smin, smax + 1, (n,), generator=generator)
-    out = torch.empty(n, images.shape[1], crop, crop, dtype=images.dtype)
+    out = torch.empty(n, images.shape[1], crop, crop, dtype=images.dtype, device=images.device)
     for s in scales.unique().tolist():
         which = (scales == s).nonzero().flatten()
-        resized = rescale(images[which], s)
+        resized = rescale(images[which.to(images.device)], s)
         h, w = resized.shape[-2:]
         tops = torch.randint(0, h - crop + 1, (len(which),), generator=generator)
         lefts = torch.randint(0, w - crop + 1, (len(which),), generator=generator)
@@ -93,4 +96,4 @@ def pca_lighting(x: torch.Tensor, stats: dict[str, list], std: float, generator:
     eigvec = torch.tensor(stats["eigvec"], dtype=x.dtype)
     alpha = torch.randn(len(x), 3, generator=generator, dtype=x.dtype) * std
     shift = (alpha * eigval) @ eigvec.T                                    # (N, 3)
-    return x + shift[:, :, None, None]
+    return x + shift.to(x.device)[:, :, None, None]

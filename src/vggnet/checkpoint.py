@@ -70,6 +70,9 @@ def training_tensors(model: torch.nn.Module, ema: AveragedModel | None, opt: tor
             tensors[f"optim.{i}"] = buf
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.gen"] = generator.get_state()
+    device = next(model.parameters()).device
+    if device.type == "cuda":   # dropout on a GPU draws from its own generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     if state.perm is not None:
         tensors["epoch.perm"] = state.perm
     return {k: v.detach().cpu() for k, v in tensors.items()}
@@ -88,6 +91,9 @@ def restore_tensors(groups: dict[str, dict[str, torch.Tensor]], model: torch.nn.
         opt.state[params[int(key)]]["momentum_buffer"] = buf.clone().to(params[int(key)].device)
     torch.set_rng_state(groups["rng"]["torch"])
     generator.set_state(groups["rng"]["gen"])
+    device = next(model.parameters()).device
+    if device.type == "cuda" and "cuda" in groups["rng"]:   # exact resume is promised on the same device
+        torch.cuda.set_rng_state(groups["rng"]["cuda"], device)
     return groups.get("epoch", {}).get("perm")
 
 

@@ -28,7 +28,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="override the recipe's (peak) learning rate")
     p.add_argument("--weight-decay", type=float, help="override the recipe's weight decay")
     p.add_argument("--init", choices=list(INITS), help="override the recipe's initialisation")
-    p.add_argument("--precision", choices=["bf16", "fp32"], help="bf16 autocast (default where supported) or fp32")
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"],
+                   help="bf16 autocast where the device runs it (a GPU without bf16: fp16 with loss scaling; a CPU "
+                        "without: fp32), or fp32 (default: the recipe's, bf16)")
     p.add_argument("--train-scale", type=int, nargs="+", metavar="S",
                    help="section 3.1: rescale the smaller side to S (one value) or to S drawn from [SMIN, SMAX]")
     p.add_argument("--crop-size", type=int, help="training crop (default: the image size, 224 when streamed)")
@@ -75,6 +77,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-test", type=int, help="test on a seeded random subset of N images")
     p.add_argument("--log-every", type=int, metavar="N",
                    help="a progress line every N steps when the output is not a terminal (default: 20)")
+    p.add_argument("--device", help="auto (a CUDA GPU, else Apple MPS, else the CPU), cpu, cuda, cuda:N or mps "
+                                    "(default: auto)")
     p.set_defaults(func=_run_train)
 
 
@@ -123,6 +127,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                                                                 "(default: 10 %%)")
     p.add_argument("--limit-train", type=int, help="train on a seeded random subset of N images")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.set_defaults(func=_run_finetune)
 
 
@@ -169,25 +174,38 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scales", type=int, nargs="+", help="test scales Q (default: from the training scale)")
     p.add_argument("--limit", type=int, default=0, help="evaluate a seeded random subset of N images")
     p.add_argument("--batch-size", type=int, default=50, help="images scored together")
-    p.add_argument("--precision", choices=["fp32", "bf16", "int8"],
-                   help="scoring numerics, BN folded: fp32, bf16, or int8 calibrated on 256 images of DATA/train "
-                        "(else of DATA) (default: bf16 where the CPU has it, else fp32)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"],
+                   help="scoring numerics, BN folded: fp32, bf16, fp16 (GPUs), or int8 (CPUs) calibrated on 256 "
+                        "images of DATA/train (else of DATA) (default: bf16 where the device runs it, fp16 on "
+                        "older GPUs, else fp32)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the scoring nets (fp32/bf16): a compilation per input shape, "
                         "so it pays only for many batches of one shape")
     p.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    add_device(p)
     p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, format_report
-    from .runtime import bf16_supported
-    precision = args.precision or ("bf16" if bf16_supported() else "fp32")
+    say_device("eval", args.device)
     protocols = list(PROTOCOLS) if args.protocol == "all" else [p.strip() for p in args.protocol.split(",")]
-    report = evaluate(args.weights, args.data, protocols, args.scales, args.limit, args.batch_size, precision,
-                      args.compile)
+    report = evaluate(args.weights, args.data, protocols, args.scales, args.limit, args.batch_size, args.precision,
+                      args.compile, args.device)
     print(format_report(report, args.format))
     return 0
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (a CUDA GPU, else Apple MPS, else the CPU), cpu, cuda, cuda:N or mps")
+
+
+def say_device(command: str, name: str) -> None:
+    """The first line, on stderr (stdout may be JSON): where the command computes."""
+    from .runtime import device_model, resolve_device
+    device = resolve_device(name)
+    print(f"vggnet {command} on {device} ({device_model(device)})", file=sys.stderr)
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -223,12 +241,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes listed per image")
     p.add_argument("--batch-size", type=int, default=32, help="images scored together")
     p.add_argument("--format", choices=["table", "json"], default="table", help="output format")
-    p.add_argument("--precision", choices=["fp32", "bf16"],
-                   help="scoring numerics, BN folded (default: bf16 where the CPU has it)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="scoring numerics, BN folded (default: bf16 where the device runs it, fp16 on older GPUs, "
+                        "else fp32)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the scoring net: a compilation per batch size, for large folders")
     p.add_argument("--cam", metavar="OUT", help="Grad-CAM heat map PNG (a folder of PNGs for a folder of images)")
     p.add_argument("--cam-layer", help="conv layer for Grad-CAM (default: the last conv)")
+    add_device(p)
     p.set_defaults(func=_run_predict)
 
 
@@ -236,10 +256,10 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     from .evaluation import EvalModel
     from .prediction import format_predictions, list_images, predict, save_cam
-    from .runtime import bf16_supported
     from .weights import load_weights
-    precision = args.precision or ("bf16" if bf16_supported() else "fp32")
-    results = predict(args.target, args.weights, args.topk, args.batch_size, precision, args.compile)
+    say_device("predict", args.device)
+    results = predict(args.target, args.weights, args.topk, args.batch_size, args.precision, args.compile,
+                      args.device)
     print(format_predictions(results, args.format))
     if args.cam:
         model = EvalModel(*load_weights(args.weights))      # loaded once for every heat map
@@ -287,6 +307,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-size", type=float, default=None, metavar="N",
                    help="training images held out for validation: a count, a fraction, or 0 (default: 10 %%)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    add_device(p)
     p.set_defaults(func=_run_study)
 
 
@@ -296,7 +317,7 @@ def _run_study(args: argparse.Namespace) -> int:
                     seeds=args.seeds, out=args.out, recipe=args.recipe, batch_norm=args.batch_norm,
                     jitter=None if args.no_jitter else tuple(args.jitter), jitter_config=args.jitter_config,
                     eval_images=args.eval_images, width=args.width, limit_train=args.limit_train,
-                    val_size=args.val_size, threads=args.threads)
+                    val_size=args.val_size, threads=args.threads, device=args.device)
     print(format_study(summary))
     return 0
 

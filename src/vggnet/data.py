@@ -402,10 +402,11 @@ class StreamingImages(torch.utils.data.Dataset):
         view.skipped = self.skipped
         return view
 
-    def loader(self, batches: list[torch.Tensor], workers: int) -> torch.utils.data.DataLoader:
-        """One batch per tensor of indices, in order (the epoch's permutation: resumable)."""
+    def loader(self, batches: list[torch.Tensor], workers: int, pin: bool = False) -> torch.utils.data.DataLoader:
+        """One batch per tensor of indices, in order (the epoch's permutation: resumable);
+        ``pin``: page-locked batches for asynchronous copies to a GPU."""
         return torch.utils.data.DataLoader(self, batch_sampler=[b.tolist() for b in batches if len(b)],
-                                           num_workers=workers, persistent_workers=False)
+                                           num_workers=workers, persistent_workers=False, pin_memory=pin)
 
 
 def random_subset(n: int, k: int, seed: int) -> torch.Tensor:

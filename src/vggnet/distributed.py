@@ -18,6 +18,8 @@ from torch import nn
 
 @dataclass(frozen=True)
 class World:
+    """This process's place among the ranks, and the device it computes on."""
+
     rank: int = 0
     size: int = 1
     local_rank: int = 0
@@ -28,14 +30,19 @@ class World:
     def main(self) -> bool:
         return self.rank == 0
 
+    def tensor(self, values: list[float], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A small tensor for a collective: NCCL reduces GPU tensors only."""
+        return torch.tensor(values, dtype=dtype, device=self.device)
 
-def setup(threads: int = 0) -> World:
-    """Join the torchrun process group when there is one; a single process otherwise."""
+
+def setup(threads: int = 0, device: torch.device | str = "cpu") -> World:
+    """Join the torchrun process group when there is one (NCCL with each rank on its own GPU
+    when ``device`` is CUDA, gloo on the CPU); a single process on ``device`` otherwise."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
-        return World()
+        return World(device=str(device))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
+    cuda = torch.device(device).type == "cuda"
     device = f"cuda:{local_rank}" if cuda else "cpu"
     if cuda:
         torch.cuda.set_device(local_rank)
@@ -82,9 +89,9 @@ def shard(n: int, world: World) -> slice:
 
 
 def gather(t: torch.Tensor, world: World) -> torch.Tensor:
-    """Concatenate every rank's tensor in rank order (shards of unequal length allowed)."""
+    """Concatenate every rank's tensor in rank order (shards of unequal length allowed), on the CPU."""
     if world.size == 1:
-        return t
+        return t.cpu()
     parts: list[torch.Tensor | None] = [None] * world.size
     dist.all_gather_object(parts, t.cpu())
     return torch.cat([p for p in parts if p is not None])
@@ -107,7 +114,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 
         xf = x.float()
         xd = xf.double()   # sums of squares in float64: E[x^2] - E[x]^2 cancels badly in float32
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64, device=x.device)
         stats = all_reduce(torch.cat([xd.sum((0, 2, 3)), (xd * xd).sum((0, 2, 3)), count]))
         c, n = x.shape[1], stats[-1]
         mean = stats[:c] / n

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import runtime
 from .configs import PAPER_TABLE, PROTOCOLS
 from .data import IMAGE_EXTENSIONS, DataError, read_image
 from .inference import InferenceNet
@@ -77,15 +78,15 @@ class EvalModel:
         return self._nets
 
     def use_precision(self, precision: str, calibration: torch.Tensor | None = None,
-                      compile: bool = False) -> "EvalModel":
-        """Score in fp32, bf16 or int8 (BN folded in each case); int8 fixes its activation
-        ranges on ``calibration``, uint8 images at the crop size (see :func:`calibration_images`);
-        ``compile`` torch.compiles both scoring nets (see :class:`InferenceNet`)."""
+                      compile: bool = False, device: torch.device | str = "cpu") -> "EvalModel":
+        """Score in fp32, bf16, fp16 (GPUs) or int8 (CPUs; BN folded in each case) on ``device``;
+        int8 fixes its activation ranges on ``calibration``, uint8 images at the crop size (see
+        :func:`calibration_images`); ``compile`` torch.compiles both scoring nets (:class:`InferenceNet`)."""
         if precision == "int8" and calibration is None:
             raise ValueError("int8 needs calibration images")
         batches = [self.prepare(c) for c in calibration.split(64)] if calibration is not None else []
-        self._nets = (InferenceNet(self.model, precision, batches, compile),
-                      InferenceNet(self.dense, precision, batches, compile))
+        self._nets = (InferenceNet(self.model, precision, batches, compile, device),
+                      InferenceNet(self.dense, precision, batches, compile, device))
         self.precision = precision
         return self
 
@@ -224,9 +225,12 @@ def calibration_images(data: Path, m: EvalModel, n: int = 256) -> torch.Tensor:
 
 def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] | None = None,
              scales: list[int] | None = None, limit: int = 0, batch_size: int = 50,
-             precision: str = "fp32", compile: bool = False) -> dict:
+             precision: str | None = None, compile: bool = False, device: str = "auto") -> dict:
     """Top-1/top-5 error of one model or an ensemble (posteriors averaged, Table 6), scored
-    in fp32, bf16 or int8, eager or torch.compiled."""
+    on ``device`` in fp32, bf16, fp16 or int8 (default: bf16 where the device runs it, fp16
+    on older GPUs, else fp32), eager or torch.compiled."""
+    dev = runtime.resolve_device(device)
+    precision = precision or runtime.resolve_precision("bf16", dev)
     protocols = list(protocols or ["single"])
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad:
@@ -237,7 +241,7 @@ def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] |
         raise ValueError("--compile works with --precision fp32 or bf16, not int8 (FX-quantized modules)")
     models = [EvalModel(*load_weights(w)) for w in weights]
     for m in models:
-        m.use_precision(precision, calibration_images(Path(data), m) if precision == "int8" else None, compile)
+        m.use_precision(precision, calibration_images(Path(data), m) if precision == "int8" else None, compile, dev)
     first = models[0].meta
     for w, m in zip(weights, models):
         if m.meta.num_classes != first.num_classes:
@@ -265,6 +269,7 @@ def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] |
         rows.append({"protocol": p, "scales": _scales_text(models[0], p, scales), "top1_error": top1,
                      "top5_error": top5, "images": len(y), "paper": PAPER_TABLE[p]})
     return {"weights": [str(w) for w in weights], "data": str(data), "precision": precision,
+            "device": f"{dev} ({runtime.device_model(dev)})",
             "compiled": compile, "rows": rows,
             "seconds_per_image": seconds / max(len(y), 1)}
 
@@ -283,7 +288,7 @@ def format_report(report: dict, fmt: str = "table") -> str:
     for r in report["rows"]:
         lines.append(f"| {r['protocol']} | {r['scales']} | {100 * r['top1_error']:.2f} | "
                      f"{100 * r['top5_error']:.2f} | {r['images']} | {r['paper']} |")
-    mode = f"{report['precision']}{', compiled' if report.get('compiled') else ''}"
+    mode = f"{report['precision']}{', compiled' if report.get('compiled') else ''}, {report.get('device', 'cpu')}"
     lines.append(f"\n{len(report['weights'])} model(s), {mode}; {report['seconds_per_image'] * 1000:.1f} ms "
                  f"per image for all protocols{' (compilation included)' if report.get('compiled') else ''}")
     return "\n".join(lines)

@@ -16,7 +16,8 @@ from torch import nn
 from . import runtime
 from .model import VGG, fold_batchnorm
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def quantize_int8(model: VGG, calibration: Iterable[torch.Tensor]) -> VGG:
@@ -51,28 +52,34 @@ class InferenceNet(nn.Module):
     in eval mode and channels-last, not copied (a second VGG-16 is 550 MB)."""
 
     def __init__(self, model: VGG, precision: str = "fp32", calibration: Iterable[torch.Tensor] = (),
-                 compile: bool = False) -> None:
+                 compile: bool = False, device: torch.device | str = "cpu") -> None:
         super().__init__()
+        self.device = torch.device(device)
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         if compile and precision == "int8":
             raise ValueError("compile works with fp32 or bf16, not int8 (FX-quantized modules)")
+        if precision == "int8" and self.device.type != "cpu":
+            raise ValueError(f"int8 scoring is a CPU feature (x86 VNNI kernels), not for {self.device}: "
+                             "use --device cpu, or --precision bf16/fp16 on the GPU")
+        if precision == "fp16" and self.device.type == "cpu":
+            raise ValueError("fp16 scoring is for GPUs; on the CPU use bf16 (where it has native bf16) or fp32")
         self.precision = precision
-        if precision == "bf16" and not runtime.bf16_supported():
+        if precision == "bf16" and self.device.type == "cpu" and not runtime.bf16_supported():
             warnings.warn("bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX) is emulated: about 8x slower "
                           "than fp32 on an AVX2-only CPU (BENCHMARKS.md section 17); use fp32 here", stacklevel=2)
         if precision == "int8":
             self.net = quantize_int8(model, calibration)
         elif precision == "fp32" and not model.batch_norm:   # nothing to fold or cast: no second copy
-            self.net = model.eval().to(memory_format=torch.channels_last)
-        else:   # bf16: weights cast once, not per call as autocast would
-            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            self.net = fold_batchnorm(model).to(dtype=dtype, memory_format=torch.channels_last)
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            self.net = model.eval().to(self.device, memory_format=torch.channels_last)
+        else:   # bf16, fp16: weights cast once, not per call as autocast would
+            self.net = fold_batchnorm(model).to(self.device, dtype=DTYPES[precision], memory_format=torch.channels_last)
+        self.dtype = DTYPES.get(precision, torch.float32)
         self.compiled = compile
         if compile:   # static shapes: each input size gets its own specialised kernels
             self.net = torch.compile(self.net, dynamic=False)
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.to(self.dtype)).float()
+        """Prepared inputs (any device) -> fp32 logits on the CPU."""
+        return self.net(x.to(self.device, self.dtype, non_blocking=True)).float().cpu()

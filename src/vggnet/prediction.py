@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import runtime
 from .data import IMAGE_EXTENSIONS, DataError, read_image
 from .evaluation import EvalModel
 from .model import VGG
@@ -35,13 +36,16 @@ def list_images(target: str | Path) -> list[Path]:
 
 @torch.no_grad()
 def predict(target: str | Path, weights: str | Path, topk: int = 5, batch_size: int = 32,
-            precision: str = "fp32", compile: bool = False) -> list[dict]:
+            precision: str | None = None, compile: bool = False, device: str = "auto") -> list[dict]:
     """[{"path", "top": [{"index", "class", "probability"}, ...]} or {"path", "error"}] per image,
-    scored in fp32 or bf16 (int8 needs calibration data: ``vggnet eval --precision int8``),
-    eager or torch.compiled."""
+    scored on ``device`` in fp32, bf16 or fp16 (default: bf16 where the device runs it; int8
+    needs calibration data: ``vggnet eval --precision int8``), eager or torch.compiled."""
     if precision == "int8":
-        raise ValueError("predict runs in fp32 or bf16; int8 needs calibration images (vggnet eval --precision int8)")
-    m = EvalModel(*load_weights(weights)).use_precision(precision, compile=compile)
+        raise ValueError("predict runs in fp32, bf16 or fp16; int8 needs calibration images "
+                         "(vggnet eval --precision int8)")
+    dev = runtime.resolve_device(device)
+    precision = precision or runtime.resolve_precision("bf16", dev)
+    m = EvalModel(*load_weights(weights)).use_precision(precision, compile=compile, device=dev)
     names = m.meta.class_names
     k = max(1, min(topk, len(names)))
     results: list[dict] = []
@@ -118,7 +122,9 @@ def save_cam(image_path: str | Path, weights: str | Path | EvalModel, out: str |
 
     m = weights if isinstance(weights, EvalModel) else EvalModel(*load_weights(weights))
     crop = m.preprocess.crop_images(read_image(Path(image_path))[None])
-    cam, index = grad_cam(m.model, m.prepare(crop), layer=layer)
+    device = next(m.model.parameters()).device
+    cam, index = grad_cam(m.model, m.prepare(crop).to(device), layer=layer)
+    cam = cam.cpu()
     name = m.meta.class_names[index]
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(crop[0].permute(1, 2, 0).numpy())

@@ -83,8 +83,8 @@ class Preprocessing:
         (the faster layout for convs) unless augmentation still has to run on it."""
         if self.channel_order == "BGR":
             x = x[:, [2, 1, 0]]
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.std or (1.0, 1.0, 1.0), dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std or (1.0, 1.0, 1.0), dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         x = (x.to(torch.float32) - mean) / std
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 

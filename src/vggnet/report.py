@@ -70,9 +70,9 @@ def mistakes(trainer: "Trainer", logits: torch.Tensor, k: int = 16, cams: int = 
     names = trainer.spec.class_names
     titles = [f"{i}: a {names[trainer.test.labels[i]]}, taken for a {names[predicted[i]]} "
               f"({100 * confidence[i]:.1f} %)" for i in order.tolist()]
-    model = trainer.eval_model.float()
-    maps = [overlay_heatmap(img, grad_cam(model, trainer.spec.preprocessing.normalize(img[None]),
-                                          int(predicted[i]))[0].detach())
+    model, device = trainer.eval_model.float(), trainer.world.device
+    maps = [overlay_heatmap(img, grad_cam(model, trainer.spec.preprocessing.normalize(img[None].to(device)),
+                                          int(predicted[i]))[0].detach().cpu())
             for img, i in zip(images[:cams], order[:cams].tolist())]
     return images, titles, torch.stack(maps) if maps else None
 

@@ -12,7 +12,8 @@ import platform
 
 import torch
 
-PRECISIONS = ("bf16", "fp32")   # training autocast; inference adds int8 (vggnet.inference)
+PRECISIONS = ("bf16", "fp16", "fp32")   # training autocast; inference adds int8 (vggnet.inference)
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
 
 def bf16_supported() -> bool:
@@ -23,11 +24,88 @@ def bf16_supported() -> bool:
         return False
 
 
-def autocast(precision: str, device: str = "cpu") -> torch.autocast:
-    """bf16 autocast when asked for and the CPU runs it natively; fp32 otherwise (emulated
-    bf16 is ~8x slower than fp32, BENCHMARKS 17)."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
-                          enabled=precision == "bf16" and bf16_supported())
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """``auto``: the first CUDA GPU, else Apple's MPS, else the CPU; ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps`` as asked, with a one-line error where the machine has none."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps") if mps_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; valid: {DEVICES}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: this machine has no CUDA GPU that torch {torch.__version__} can use "
+                             f"(built for CUDA {torch.version.cuda or 'none'}); use --device cpu or auto")
+        index = 0 if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not mps_available():
+        raise ValueError("--device mps: Apple's Metal (MPS) is not available here; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name!r} is not supported; valid: {DEVICES}")
+    return device
+
+
+def mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def device_model(device: torch.device | str) -> str:
+    """What the device is: the GPU's name, or the CPU's model and kernel level."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"{cpu_model()}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def resolve_precision(requested: str, device: torch.device | str) -> str:
+    """What runs for a requested precision on a device: on CUDA, bf16 where the GPU has it
+    (compute capability 8.0 and up), else fp16 (with a gradient scaler in training); on the
+    CPU, bf16 only with native bf16 (else fp32); fp32 always as asked."""
+    device = torch.device(device)
+    if requested not in PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r}; valid: {', '.join(PRECISIONS)}")
+    if requested == "fp32":
+        return "fp32"
+    if device.type == "cuda":
+        return "bf16" if requested == "bf16" and torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":
+        return "fp16"
+    return "bf16" if bf16_supported() else "fp32"
+
+
+def autocast(precision: str, device: torch.device | str = "cpu") -> torch.autocast:
+    """Autocast for a precision that :func:`resolve_precision` says runs on ``device`` (bf16
+    on a CPU without native bf16 stays off: emulated bf16 is ~8x slower than fp32, BENCHMARKS 17)."""
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16" and bf16_supported())
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(kind, dtype=dtype, enabled=precision in ("bf16", "fp16"))
+
+
+def use_device(device: torch.device) -> None:
+    """Per-device speed settings: cuDNN picks the fastest conv algorithms for each shape."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
 
 
 def set_threads(threads: int) -> None:
@@ -36,10 +114,12 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def machine() -> dict:
-    """What the numbers of a run depend on: CPU, torch's kernel level, threads, and whether
-    the CPU has native bf16 (without it, bf16 autocast is off and training runs in fp32)."""
-    return {"arch": platform.machine(), "torch": torch.__version__,
+def machine(device: torch.device | str = "cpu") -> dict:
+    """What the numbers of a run depend on: the device and its model, CPU, torch's kernel
+    level, threads, and whether the CPU has native bf16 (without it, bf16 autocast is off on
+    the CPU and training runs in fp32)."""
+    return {"device": str(device), "device_model": device_model(device), "arch": platform.machine(),
+            "cpu": cpu_model(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
             "bf16_native": bf16_supported()}
 

@@ -49,7 +49,9 @@ class Trainer:
         self.s = settings.resolved()     # a copy, every default rule applied
         self.out = Path(self.s.out)
         runtime.set_threads(self.s.threads)
-        self.world: World = setup(self.s.threads)
+        device = runtime.resolve_device(self.s.device)
+        self.world: World = setup(self.s.threads, device)
+        runtime.use_device(torch.device(self.world.device))
         created = not self.out.exists()
         try:
             self._prepare(resume)
@@ -79,6 +81,7 @@ class Trainer:
             raise ValueError(f"{self.out} already holds a run (last.safetensors): add --resume to continue it, "
                              "or choose another --out")
         runtime.fast_cpu_defaults()
+        self.precision = runtime.resolve_precision(self.r.precision, self.world.device)   # what runs here
         torch.manual_seed(s.seed)
         random.seed(s.seed)
         self.gen = torch.Generator().manual_seed(s.seed + 1)   # permutation and augmentation
@@ -116,6 +119,7 @@ class Trainer:
         if self.world.size > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
         self.opt = make_optimizer(self.model, r, s.backbone_lr_scale if s.pretrained else 1.0)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")   # fp16 needs loss scaling
 
     def _check_out_dir(self) -> None:
         """Fail before training, not after the first epoch, if the run folder is not writable."""
@@ -140,7 +144,7 @@ class Trainer:
         stop = (bool(s.stop_after_steps) and self.steps_this_process >= s.stop_after_steps) or self.stop_requested
         stop = stop or bool(s.time_limit_min and time.monotonic() - self.started > 60 * s.time_limit_min)
         if self.world.size > 1:
-            flag = torch.tensor([float(stop)])
+            flag = self.world.tensor([float(stop)])
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             stop = bool(flag.item())
         return stop
@@ -169,11 +173,12 @@ class Trainer:
             for g in self.opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]
             loss, logits = forward_backward(self.net, x, y, self.r.micro_batch, self.r.label_smoothing,
-                                            self.r.precision, global_batch, self.world.size)
+                                            self.precision, global_batch, self.world.size, self.scaler)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {st.epoch + 1}, step {i + 1}, "
                                          f"lr {lr:.3g}; the last good checkpoint is {self.out / 'last.safetensors'}")
-            self.opt.step()
+            self.scaler.step(self.opt)      # the plain step unless fp16 scales the loss
+            self.scaler.update()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             st.step, st.batch_in_epoch, self.steps_this_process = st.step + 1, i + 1, self.steps_this_process + 1
@@ -193,7 +198,7 @@ class Trainer:
         """The epoch's loss and accuracy over every rank's shard, its time and speed."""
         p = self.state.partial
         if self.world.size > 1:
-            totals = torch.tensor([p["loss_sum"], p["correct"], p["seen"]], dtype=torch.float64)
+            totals = self.world.tensor([p["loss_sum"], p["correct"], p["seen"]], torch.float64)
             torch.distributed.all_reduce(totals)
             p = dict(zip(("loss_sum", "correct", "seen"), totals.tolist()))
         return {"train_loss": p["loss_sum"] / max(p["seen"], 1), "train_acc": p["correct"] / max(p["seen"], 1),
@@ -208,19 +213,19 @@ class Trainer:
         out = []
         mine = torch.arange(len(data))[shard(len(data), self.world)]   # each rank scores its part
         for x, _ in data.eval_batches(mine, batch_size):
-            with runtime.autocast(self.r.precision):
+            with runtime.autocast(self.precision, self.world.device):
                 logits = model(x).float()
                 if self.r.tta_flip:
                     logits = (logits + model(x.flip(-1)).float()) / 2
             out.append(logits)
-        return gather(torch.cat(out), self.world)
+        return gather(torch.cat(out), self.world)     # on the CPU
 
     # ---- the run ----------------------------------------------------------------
     def fit(self) -> dict:
         """Train to the end of the schedule (or a stop), then report on the test set."""
         self._write_run_json()
         self.progress.header(self)
-        if self.r.precision == "bf16" and not runtime.bf16_supported():
+        if self.r.precision == "bf16" and self.precision == "fp32":
             self.progress.say("bf16 autocast asked for, but this CPU has no native bf16 (AVX-512 BF16 or AMX): "
                               "training in fp32 (run.json: machine.bf16_native is false)")
         previous = _install_stop_handlers(self._on_signal)
@@ -280,7 +285,7 @@ class Trainer:
     def fit_to_budget(self, epoch_s: float) -> None:
         """Set the schedule's length to the epochs that fit the budget at epoch 1's pace (the slowest rank's)."""
         if self.world.size > 1:
-            pace = torch.tensor([epoch_s])
+            pace = self.world.tensor([epoch_s])
             torch.distributed.all_reduce(pace, op=torch.distributed.ReduceOp.MAX)
             epoch_s = pace.item()
         epochs = self.schedule.fit_to_budget(epoch_s)
@@ -304,8 +309,10 @@ class Trainer:
         if not self.world.main:
             return
         write_text_atomic(self.out / "run.json", json.dumps({"settings": self.settings().to_dict(),
-                                                       "model": self.metadata().to_dict(),
-                                                       "machine": runtime.machine()}, indent=2))
+                                                             "model": self.metadata().to_dict(),
+                                                             "precision": self.precision,
+                                                             "machine": runtime.machine(self.world.device)},
+                                                            indent=2))
 
     def save_checkpoint(self, path: Path) -> None:
         save_training_checkpoint(self, path)
@@ -338,8 +345,8 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe, backbone_lr_scale: fl
 
 
 def forward_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, micro_batch: int,
-                     label_smoothing: float, precision: str, global_batch: int = 0,
-                     world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                     label_smoothing: float, precision: str, global_batch: int = 0, world_size: int = 1,
+                     scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of the mean loss over the global batch, accumulated over micro-batches of
     ``micro_batch`` examples (0: one pass), so the paper's batch of 256 fits any memory.
     Under DDP (which averages over ranks) each rank's loss is weighted by its share."""
@@ -347,16 +354,16 @@ def forward_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, m
         p.grad = None
     size, scale = micro_batch or len(y), world_size / (global_batch or len(y))
     chunks = list(zip(x.split(size), y.split(size)))
-    total, all_logits = torch.zeros(()), []
+    total, all_logits = torch.zeros((), device=x.device), []
     for j, (xc, yc) in enumerate(chunks):
         last = j == len(chunks) - 1
         sync = model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()
-        with sync, runtime.autocast(precision):
+        with sync, runtime.autocast(precision, x.device):
             logits = model(xc)
             loss = F.cross_entropy(logits.float(), yc, label_smoothing=label_smoothing) * (len(yc) * scale)
             if not torch.isfinite(loss):
                 return loss.detach(), logits.detach()
-            loss.backward()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach()
         all_logits.append(logits.detach())
     return total, torch.cat(all_logits)

@@ -114,9 +114,10 @@ def head_of(model: VGG, cut: str) -> nn.Sequential:
     return model.classifier[5:] if cut == "fc7" else model.classifier
 
 
-def cached_features(backbone: Backbone, loaders: dict, key: str, batch_size: int = 64) -> dict[str, torch.Tensor]:
+def cached_features(backbone: Backbone, loaders: dict, key: str, batch_size: int = 64,
+                    precision: str = "bf16") -> dict[str, torch.Tensor]:
     """{"train", "train_labels", "val", ...} features of every split, computed once (bf16
-    autocast where the CPU has it) and kept as safetensors in the data cache under ``key``."""
+    autocast where the device runs it) and kept as safetensors in the data cache under ``key``."""
     path = cache_dir() / f"features-{key}.safetensors"
     if path.is_file():
         return load_file(str(path))
@@ -126,8 +127,8 @@ def cached_features(backbone: Backbone, loaders: dict, key: str, batch_size: int
         order = torch.arange(len(loader))
         with tqdm(total=len(loader), desc=f"features {split}", unit="img", disable=None) as bar:
             for x, _ in loader.eval_batches(order, batch_size):
-                with runtime.autocast("bf16"):
-                    feats.append(backbone(x).float())
+                with runtime.autocast(precision, x.device):
+                    feats.append(backbone(x).float().cpu())
                 bar.update(len(x))
         out[split] = torch.cat(feats) if feats else torch.zeros(0)
         out[f"{split}_labels"] = loader.labels
@@ -206,16 +207,20 @@ def linear_finetune(settings: RunSettings, cut: str = "fc7") -> dict:
     torch.manual_seed(s.seed)
     runtime.set_threads(s.threads)
     out.mkdir(parents=True, exist_ok=True)
-    (train, val, test), spec = run_data(s, World(), torch.Generator().manual_seed(s.seed + 1), out)
-    model = pretrained_model(s.pretrained, spec)
+    device = runtime.resolve_device(s.device)
+    runtime.use_device(device)
+    (train, val, test), spec = run_data(s, World(device=str(device)), torch.Generator().manual_seed(s.seed + 1), out)
+    model = pretrained_model(s.pretrained, spec).to(device)
     if cut == "fc7" and model.head == "dense":
         raise ValueError("a dense-head net has no fc7 vector; use --features pool5")
     key = hashlib.sha256(json.dumps([file_digest(Path(s.pretrained)), listing_key(train, val, test),
                                      dataclasses.asdict(spec.preprocessing), cut, runtime.bf16_supported()]
                                     ).encode()).hexdigest()[:20]
     t0 = time.perf_counter()
-    features = cached_features(Backbone(model, cut), {"train": train, "val": val, "test": test}, key)
+    precision = runtime.resolve_precision(s.recipe.precision, device)
+    features = cached_features(Backbone(model, cut), {"train": train, "val": val, "test": test}, key, 64, precision)
     feature_s = time.perf_counter() - t0
+    model.cpu()          # the head trains on the cached features, in seconds on any CPU
     write_text_atomic(out / "run.json", json.dumps({"settings": s.to_dict(), "mode": "linear", "features": cut,
                                               "model": spec.to_dict(), "machine": runtime.machine()}, indent=2))
     r = s.recipe
