@@ -96,7 +96,7 @@ def test_the_result_works_with_every_command(pretrained, target, tmp_path, capsy
     run = tmp_path / "cli"
     assert main(["finetune", "--weights", str(pretrained), "--data", str(target), "--mode", "linear",
                  "--epochs", "3", "--out", str(run)]) == 0
-    assert f"done: 3 epochs" in capsys.readouterr().out
+    assert "done: 3 epochs" in capsys.readouterr().out
     assert json.loads((run / "results.json").read_text())["mode"] == "linear"
     image = next((target / "test" / "class1").iterdir())
     assert main(["predict", str(image), "--weights", str(run), "--cam", str(tmp_path / "cam.png")]) == 0

@@ -1,6 +1,5 @@
 """Bad input, interruptions and untrusted files (issue: reliability and security)."""
 
-import json
 import os
 import re
 import signal

@@ -79,7 +79,7 @@ def test_resume_restores_the_runs_settings_from_its_folder(data, tmp_path, capsy
     capsys.readouterr()
     assert main(["train", "--resume", str(run)]) == 0                    # nothing retyped
     out = capsys.readouterr().out
-    assert f"resuming {run} at epoch 1 of 2" in out and f"done: 2 epochs in" in out
+    assert f"resuming {run} at epoch 1 of 2" in out and "done: 2 epochs in" in out
     assert json.loads((run / "results.json").read_text())["epochs"] == 2
     saved = json.loads((run / "run.json").read_text())["settings"]
     assert (saved["seed"], saved["val_size"], saved["recipe"]["batch_size"], saved["width"]) == (3, 4, 8, 0.0625)
