@@ -125,3 +125,13 @@ def test_bad_input_gets_one_line(pretrained, tmp_path, capsys):
     assert "--freeze-until is for --mode full" in capsys.readouterr().err
     with pytest.raises(WeightsError, match="fine-tuning needs at least two classes"):
         ModelSpec("A").for_new_classes(["x"], 32)
+
+
+def test_small_folders_get_enough_steps(tmp_path):
+    from vggnet.transfer import MIN_STEPS, default_epochs
+    small = write_image_folder(tmp_path / "small", classes=4, per_class=10)        # 36 to train on: 1 step of 32
+    big = write_image_folder(tmp_path / "big", classes=2, per_class=400)           # 720: 22 steps
+    settings = RunSettings(data=str(small), recipe=get_recipe("finetune"))
+    assert default_epochs(settings, 20) == MIN_STEPS == 200
+    assert default_epochs(RunSettings(data=str(big), recipe=get_recipe("finetune")), 20) == 20
+    assert default_epochs(RunSettings(data=str(big), recipe=get_recipe("finetune"), limit_train=100), 20) == 67

@@ -243,6 +243,23 @@ def linear_finetune(settings: RunSettings, cut: str = "fc7") -> dict:
     return result
 
 
+LINEAR_EPOCHS = 100   # epochs on cached features cost seconds
+MIN_STEPS = 200       # small folders: enough steps for the new head to settle (10 images a class: 36 per epoch)
+
+
+def default_epochs(settings: RunSettings, epochs: int) -> int:
+    """``epochs``, or more where the folder is so small that they would make under
+    :data:`MIN_STEPS` steps: 10 photos of 4 classes are one step an epoch."""
+    from .data import holdout_size, list_image_folder
+    if settings.data is None or not (Path(settings.data) / "train").is_dir():
+        return epochs                # an archive: CIFAR-size, never small
+    items, _ = list_image_folder(Path(settings.data) / "train")
+    n = min(len(items), settings.limit_train or len(items))
+    n -= holdout_size(settings.val_size, n)
+    steps = max(1, n // settings.recipe.batch_size)
+    return max(epochs, -(-MIN_STEPS // steps))
+
+
 def listing_key(*loaders: object) -> list:
     """What identifies the images of each split: their files, or their pixels' checksum in memory."""
     key = []
@@ -275,6 +292,9 @@ def finetune(weights: str | Path, data: str | Path | None = None, *, mode: str =
     resume = bool(options.pop("resume", False))
     settings = resolve_settings(resume=resume, pretrained=str(weights), data=None if data is None else str(data),
                                 recipe=None if resume else "finetune", **options)
+    if not resume and options.get("epochs") is None:
+        settings = dataclasses.replace(settings, recipe=settings.recipe.replace(
+            epochs=default_epochs(settings, LINEAR_EPOCHS if mode == "linear" else settings.recipe.epochs)))
     if mode == "linear":
         if options.get("out") is None:
             settings = dataclasses.replace(settings, out=settings.out.replace("-finetune", "-linear"))
