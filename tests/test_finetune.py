@@ -134,4 +134,4 @@ def test_small_folders_get_enough_steps(tmp_path):
     settings = RunSettings(data=str(small), recipe=get_recipe("finetune"))
     assert default_epochs(settings, 20) == MIN_STEPS == 200
     assert default_epochs(RunSettings(data=str(big), recipe=get_recipe("finetune")), 20) == 20
-    assert default_epochs(RunSettings(data=str(big), recipe=get_recipe("finetune"), limit_train=100), 20) == 67
+    assert default_epochs(RunSettings(data=str(big), recipe=get_recipe("finetune"), limit_train=100), 20) == 100  # 90: 2 steps
