@@ -45,3 +45,15 @@ def test_without_the_package_the_run_says_so_once(tmp_path, capsys, monkeypatch)
     assert out.count("not logging to TensorBoard: the tensorboard package is not installed "
                      "(pip install \"vggnet[tensorboard]\")") == 1
     assert not list((tmp_path / "run").glob("events.out.tfevents.*")) and (tmp_path / "run" / "results.json").is_file()
+
+
+def test_linear_fine_tuning_logs_its_epochs(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    import vggnet
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=24)
+    train(tiny(data, tmp_path / "pre"))
+    vggnet.finetune(tmp_path / "pre", data, mode="linear", epochs=4, out=str(tmp_path / "lin"))
+    events = EventAccumulator(str(tmp_path / "lin"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("epoch/val_accuracy")] == [1, 2, 3, 4]
+    assert "test/confusion_matrix" in events.Tags()["images"]

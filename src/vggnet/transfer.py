@@ -36,10 +36,12 @@ from .distributed import World
 from .files import write_text_atomic
 from .loader import run_data
 from .model import VGG
+from .plots import confusion_figure
 from .progress import summary
 from .report import accuracy, confusion_matrix, write_report
 from .schedule import onecycle_lr
 from .settings import RunSettings
+from .tensorboard_log import RunBoard
 from .weights import ModelSpec, load_weights, write_checkpoint
 
 MODES = ("full", "linear")
@@ -227,6 +229,9 @@ def linear_finetune(settings: RunSettings, cut: str = "fc7") -> dict:
     run = LinearRun(features, head_of(model, cut), r.epochs, r.lr, r.batch_size, r.weight_decay, r.label_smoothing,
                     s.seed)
     rows, best = run.train_head(out)
+    board = RunBoard(out, True, print)
+    for row in rows:
+        board.epoch(row)
     final = run.logits("test")
     result = {"final_test_acc": accuracy(final, features["test_labels"]), "epochs": r.epochs, "mode": "linear",
               "features": cut, "feature_time_s": feature_s, "head_time_s": sum(x["train_time_s"] for x in rows)}
@@ -238,6 +243,8 @@ def linear_finetune(settings: RunSettings, cut: str = "fc7") -> dict:
     confusion = confusion_matrix(final.argmax(1), features["test_labels"], spec.num_classes)
     result["per_class_acc"] = dict(zip(spec.class_names, (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()))
     write_report(out, result, confusion, spec.class_names)
+    board.final(result, s, confusion_figure(confusion, spec.class_names), torch.zeros(0), [], None)
+    board.close()
     result["time_s"] = time.perf_counter() - t0
     print(summary(result, out))
     return result
