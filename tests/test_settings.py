@@ -109,3 +109,22 @@ def test_a_finished_run_is_not_continued_by_accident(data, tmp_path, capsys):
 def test_resume_without_a_run_says_so(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert f"cannot resume: no checkpoint at {tmp_path / 'nothing' / 'last.safetensors'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--epochs", "0"], "epochs (--epochs) must be an integer >= 1; got 0"),
+    (["--batch-size", "-5"], "batch_size (--batch-size) must be >= 1; got -5"),
+    (["--lr", "nan"], "lr (--lr) must be a number > 0; got nan"),
+    (["--label-smoothing", "2"], "label_smoothing (--label-smoothing) must be in [0, 1); got 2.0"),
+    (["--micro-batch", "-4"], "micro_batch (--micro-batch) must be >= 0; got -4"),
+    (["--cutout", "-3"], "cutout (--cutout) must be >= 0 (0: off); got -3"),
+    (["--threads", "-2"], "threads (--threads) must be >= 0 (0: torch's default); got -2"),
+    (["--limit-train", "-5"], "limit_train (--limit-train) must be >= 0 (0: all); got -5"),
+    (["--time-limit", "-1"], "time_limit (--time-limit) must be minutes >= 0 (0: none); got -1.0"),
+    (["--train-scale", "48", "32"], "train scale (--train-scale) must be SMIN <= SMAX"),
+])
+def test_every_number_is_checked_before_anything_runs(data, tmp_path, capsys, argv, message):
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "run").exists()

@@ -180,6 +180,27 @@ class Recipe:
         """A copy with some fields changed (the CLI's overrides)."""
         return dataclasses.replace(self, **changes)
 
+    def check(self) -> "Recipe":
+        """Every number in its range, or a ValueError naming the option (before anything runs)."""
+        finite = lambda v: v == v and abs(v) != float("inf")  # noqa: E731
+        rules = [("epochs", self.epochs >= 1, "an integer >= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                 ("lr", finite(self.lr) and self.lr > 0, "a number > 0"),
+                 ("weight_decay", finite(self.weight_decay) and self.weight_decay >= 0, ">= 0"),
+                 ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                 ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+                 ("dropout", 0 <= self.dropout < 1, "in [0, 1)"), ("micro_batch", self.micro_batch >= 0, ">= 0"),
+                 ("cutout", self.cutout >= 0, ">= 0 (0: off)"), ("crop_size", self.crop_size >= 0, ">= 0"),
+                 ("lighting", finite(self.lighting) and self.lighting >= 0, ">= 0 (0: off)"),
+                 ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"), ("crop_padding", self.crop_padding >= 0, ">= 0")]
+        for name, ok, expected in rules:
+            if not ok:
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be {expected}; got {getattr(self, name)}")
+        if self.train_scale is not None and not 1 <= self.train_scale[0] <= self.train_scale[1]:
+            raise ValueError(f"train scale (--train-scale) must be SMIN <= SMAX, both >= 1; got {self.train_scale}")
+        if self.precision not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"precision (--precision) must be bf16, fp16 or fp32; got {self.precision!r}")
+        return self
+
     @classmethod
     def from_dict(cls, saved: dict) -> "Recipe":
         """The recipe a run.json or checkpoint recorded (fields this version lacks are ignored)."""

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torchvision.io import ImageReadMode, decode_image
 
 from .augment import pca_lighting, random_crop
+from .files import file_digest
 from .preprocess import Preprocessing, rescale
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -252,11 +253,8 @@ def load_cifar_archive(archive: Path) -> tuple[TensorData, TensorData]:
 
 
 def md5sum(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The MD5 the CIFAR-10 archive is published with."""
+    return file_digest(path, "md5")
 
 
 def download(url: str, dest: Path, md5: str) -> Path:

@@ -62,6 +62,7 @@ class RunSettings:
         recipe, the data path (absolute) and the run folder."""
         from .data import find_data
         from .weights import resolve_weights_path
+        self.check()
         letter, bn = resolve_config(self.config, self.batch_norm)
         width, suffix = self.width, ""
         pretrained = self.pretrained
@@ -85,6 +86,24 @@ class RunSettings:
         if not 0 <= self.backbone_lr_scale <= 1:
             raise ValueError(f"--backbone-lr-scale must be in [0, 1]; got {self.backbone_lr_scale:g}")
         return spec.config, spec.batch_norm, spec.width, "-finetune"
+
+    def check(self) -> None:
+        """Every number in its range, or a ValueError naming the option, before a folder or a
+        byte of data is touched (the recipe's own in Recipe.check)."""
+        rules = [("seed", self.seed >= 0, ">= 0"), ("threads", self.threads >= 0, ">= 0 (0: torch's default)"),
+                 ("limit_train", self.limit_train >= 0, ">= 0 (0: all)"),
+                 ("limit_test", self.limit_test >= 0, ">= 0 (0: all)"), ("log_every", self.log_every >= 1, ">= 1"),
+                 ("time_limit_min", self.time_limit_min >= 0, "minutes >= 0 (0: none)"),
+                 ("stop_after_steps", self.stop_after_steps >= 0, ">= 0"), ("workers", self.workers >= 0, ">= 0"),
+                 ("width", 0 < self.width <= 4, "in (0, 4]")]
+        flags = {"time_limit_min": "time-limit", "limit_train": "limit-train", "limit_test": "limit-test",
+                 "log_every": "log-every", "stop_after_steps": "stop-after-steps"}
+        for name, ok, expected in rules:
+            if not ok:
+                raise ValueError(f"{name.replace('_min', '')} (--{flags.get(name, name)}) must be {expected}; "
+                                 f"got {getattr(self, name)}")
+        if self.recipe is not None:
+            self.recipe.check()
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))   # tuples as lists, as saved

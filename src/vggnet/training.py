@@ -175,8 +175,10 @@ class Trainer:
             loss, logits = forward_backward(self.net, x, y, self.r.micro_batch, self.r.label_smoothing,
                                             self.precision, global_batch, self.world.size, self.scaler)
             if not torch.isfinite(loss):
+                last = self.out / "last.safetensors"
+                where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {st.epoch + 1}, step {i + 1}, "
-                                         f"lr {lr:.3g}; the last good checkpoint is {self.out / 'last.safetensors'}")
+                                         f"lr {lr:.3g}; {where} (a lower --lr, or --precision fp32, may help)")
             self.scaler.step(self.opt)      # the plain step unless fp16 scales the loss
             self.scaler.update()
             if self.ema is not None:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from . import runtime
 from .data import cache_dir
 from .distributed import World
-from .files import write_text_atomic
+from .files import file_digest, write_text_atomic
 from .loader import run_data
 from .model import VGG
 from .plots import confusion_figure
@@ -86,15 +86,6 @@ def freeze(modules: list[nn.Module]) -> None:
 
 
 # ---- the linear mode: features once, then the head --------------------------------------------
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class Backbone(nn.Module):
     """The frozen part of a VGG up to ``cut``: pool5 (pooled and flattened as the head reads
     it) or fc7 (after its ReLU)."""
