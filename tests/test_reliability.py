@@ -179,3 +179,40 @@ def test_checkpoint_for_another_model_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main([*base, "--config", "B", "--resume"]) == 2
     assert "checkpoint is config A" in capsys.readouterr().err
+
+
+def test_streaming_prescan_decodes_truncated_photos_and_dangling_links(tmp_path):
+    root = tmp_path / "photos"
+    for split in ("train", "test"):
+        for k, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
+            d = root / split / f"class{k}"
+            d.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (60 + i, 50), colour).save(d / f"{i}.jpg", quality=95)
+    good = (root / "train" / "class0" / "0.jpg").read_bytes()
+    (root / "train" / "class0" / "cut.jpg").write_bytes(good[: len(good) // 2])     # PIL's verify() passes this
+    (root / "test" / "class1" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (root / "test" / "class1" / "loop.jpg").symlink_to(root / "test" / "class1" / "loop.jpg")
+    with pytest.raises(D.DataError, match=r"3 unreadable image\(s\): .*cut.jpg.*--skip-bad"):
+        D.load_dataset(root, stream=True)
+    train, test = D.load_dataset(root, stream=True, skip_bad=True)
+    assert (len(train), len(test)) == (8, 8) and len(train.skipped) == 3
+
+
+def test_an_image_too_large_to_decode_is_refused_before_decoding(tmp_path, monkeypatch):
+    big = tmp_path / "big.png"
+    Image.new("L", (5000, 4000)).save(big)                   # 20 megapixels, a small file
+    monkeypatch.setenv("VGGNET_MAX_PIXELS", "10000000")
+    with pytest.raises(D.DataError, match=r"5000x4000 = 20 megapixels, over the limit of 10 .*VGGNET_MAX_PIXELS"):
+        D.read_image(big)
+    monkeypatch.setenv("VGGNET_MAX_PIXELS", "30000000")
+    assert D.read_image(big).shape == (3, 4000, 5000)
+
+
+def test_in_memory_folders_name_dangling_links_too(tmp_path):
+    root = write_image_folder(tmp_path / "d", classes=2, per_class=4)
+    (root / "train" / "class0" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    with pytest.raises(D.DataError, match=r"1 unreadable image\(s\): .*gone.jpg"):
+        D.load_dataset(root)
+    train, _ = D.load_dataset(root, skip_bad=True)
+    assert len(train) == 8 and train.skipped == [str(root / "train" / "class0" / "gone.jpg")]

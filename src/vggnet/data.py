@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 from torchvision.io import ImageReadMode, decode_image
 
 from .augment import pca_lighting, random_crop
@@ -106,9 +107,31 @@ def list_image_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     return items, classes
 
 
+def max_pixels() -> int:
+    """The largest image decoded: $VGGNET_MAX_PIXELS, else 100 megapixels (a 48 KB PNG can
+    decode to 20000x20000, 1.2 GB; PIL's own guard is bypassed by torchvision's decoders)."""
+    return int(os.environ.get("VGGNET_MAX_PIXELS", 100_000_000))
+
+
+def check_size(path: Path) -> None:
+    """Refuse an image whose header declares more than :func:`max_pixels`, before decoding it."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    except Exception:   # not readable by PIL: the decoders below say why
+        return
+    if w * h > max_pixels():
+        raise DataError(f"{path}: {w}x{h} = {w * h / 1e6:.0f} megapixels, over the limit of {max_pixels() / 1e6:.0f} "
+                        "(set VGGNET_MAX_PIXELS to allow more)")
+
+
 def read_image(path: Path) -> torch.Tensor:
     """Any image file as (3, H, W) uint8 RGB: grayscale, alpha, palette, 16-bit and CMYK
-    files are converted; a DataError names a file that cannot be decoded."""
+    files are converted; a DataError names a file that cannot be decoded or is too large."""
+    check_size(path)
     try:
         data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
         image = decode_image(data, mode=ImageReadMode.RGB)
@@ -137,8 +160,12 @@ def _listing_key(items: list[tuple[Path, int]]) -> str:
     """A hash of every file's name, size and mtime: a changed folder gets a new cache."""
     h = hashlib.sha1()
     for path, label in items:
-        st = path.stat()
-        h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
+        try:
+            st = path.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:          # a dangling or looping symlink: decoding will name it
+            size = mtime = -1
+        h.update(f"{path.absolute()}|{size}|{mtime}|{label}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -172,15 +199,14 @@ def reject_bad(bad: list[tuple[Path, str]], skip_bad: bool) -> list[str]:
 
 
 def scan_images(items: list[tuple[Path, int]]) -> list[tuple[Path, str]]:
-    """A fast pre-scan (PIL reads headers and verifies the data) of files to stream."""
-    from PIL import Image
+    """Decode every file to stream once before training (PIL's verify() does not decode JPEG
+    data, so truncated photos and dangling symlinks would stop a run mid-epoch)."""
     bad = []
-    for path, _ in items:
+    for path, _ in tqdm(items, desc="checking images", unit="img", disable=None if len(items) > 2000 else True):
         try:
-            with Image.open(path) as img:
-                img.verify()
-        except Exception as exc:  # PIL raises many types for broken files
-            bad.append((path, str(exc) or type(exc).__name__))
+            read_image(path)
+        except DataError as exc:
+            bad.append((path, str(exc).split(": ", 1)[-1]))
     return bad
 
 
