@@ -95,7 +95,7 @@ def model_card(spec: ModelSpec, model: object, run: dict) -> str:
              "tags: [vgg, image-classification, pytorch, vggnet]", "---", "",
              f"# {name}: VGG configuration {spec.config}{' with BatchNorm' if spec.batch_norm else ''}", "",
              "A VGG network (Simonyan & Zisserman, *Very Deep Convolutional Networks for Large-Scale Image "
-             "Recognition*, 2014) saved by [vggnet](https://github.com/) in the Hugging Face Hub layout.", "",
+             "Recognition*, 2014) saved by vggnet in the Hugging Face Hub layout.", "",
              "| | |", "|---|---|",
              f"| configuration | {spec.config} (Table 1), {'BN' if spec.batch_norm else 'no BN'}, head `{spec.head}`, "
              f"width {spec.width:g}, {count_parameters(model):,} parameters |",
