@@ -115,11 +115,12 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                         "(default: fc7)")
     p.add_argument("--freeze-until", metavar="LAYER",
                    help="--mode full: keep the layers up to LAYER fixed (conv4_3, pool5, fc7 ...)")
-    p.add_argument("--epochs", type=int, help="default: 20 (the finetune recipe)")
+    p.add_argument("--epochs", type=int, help="default: 20 (full), 100 (linear), more where a small folder would "
+                                             "make fewer than 200 steps")
     p.add_argument("--lr", type=float, help="the new head's peak learning rate (default: 0.01)")
     p.add_argument("--backbone-lr-scale", type=float, metavar="F",
                    help="--mode full: the pretrained layers' lr as a share of the head's (default: 0.1)")
-    p.add_argument("--batch-size", type=int, help="default: 32 (64 for --mode linear's head)")
+    p.add_argument("--batch-size", type=int, help="default: 32")
     p.add_argument("--out", help="run folder (default: runs/<model>-<data set>-finetune, or -linear)")
     p.add_argument("--resume", action="store_true", default=None, help="--mode full: continue the run in --out")
     p.add_argument("--seed", type=int, help="default: 0")
