@@ -11,6 +11,7 @@ set -euo pipefail
 SHARED=${SHARED:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data}
 OUT=${1:-/tmp/vggnet-finetune}
 VGGNET=${VGGNET:-vggnet}
+PYTHON=${PYTHON:-python3}     # one with torch and torchvision (the 224 px weights)
 export VGGNET_CACHE=${VGGNET_CACHE:-$OUT/cache}
 mkdir -p "$OUT/runs"
 
@@ -65,7 +66,7 @@ if [ ! -d "$IMG" ]; then
   done
 fi
 [ -e "$OUT/vgg16-random.safetensors" ] || {
-  python3 -c "import torch, torchvision; torch.save(torchvision.models.vgg16().state_dict(), '$OUT/vgg16-random.pth')"
+  $PYTHON -c "import torch, torchvision; torch.save(torchvision.models.vgg16().state_dict(), '$OUT/vgg16-random.pth')"
   $VGGNET convert "$OUT/vgg16-random.pth" --out "$OUT/vgg16-random.safetensors"; }
 rm -rf "$OUT/runs/imagenet-linear" "$OUT/cache-224"      # a cold feature cache: the pass is timed
 VGGNET_CACHE=$OUT/cache-224 timed imagenet-linear $VGGNET finetune --weights "$OUT/vgg16-random.safetensors" --data "$IMG" --mode linear \
