@@ -22,7 +22,8 @@ if [ ! -d "$OUT/animals" ]; then
     for c in bird cat deer dog frog horse; do ln -s "$S/$split/$c" "$OUT/animals/$split/$c"; done; done
   for n in 10 100 1000; do for c in airplane automobile ship truck; do
     mkdir -p "$OUT/vehicles$n/train/$c" "$OUT/vehicles$n/test"
-    ls "$S/train/$c" | sort | head -"$n" | while read -r f; do ln -s "$S/train/$c/$f" "$OUT/vehicles$n/train/$c/$f"; done
+    mapfile -t files < <(ls "$S/train/$c" | sort)      # all of it read: no SIGPIPE under pipefail
+    for f in "${files[@]:0:$n}"; do ln -s "$S/train/$c/$f" "$OUT/vehicles$n/train/$c/$f"; done
     ln -s "$S/test/$c" "$OUT/vehicles$n/test/$c"
   done; done
 fi
