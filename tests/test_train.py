@@ -355,3 +355,13 @@ def test_freed_buffers_are_reused_without_page_faults():
     assert any(faults("default")[1] > 4000 for _ in range(5))
     tuned, n = faults("tuned")
     assert tuned == "True" and n < 1000      # 0 in most runs, ~200 in some: never a step's 8,192 pages
+
+
+def test_compiled_training_step_follows_the_eager_one(dataset, tmp_path):
+    """--compile: the same run through TorchInductor; the checkpoint keeps the plain names."""
+    eager = train(tiny(dataset, tmp_path / "eager", epochs=1, threads=2))
+    compiled = train(tiny(dataset, tmp_path / "compiled", epochs=1, threads=2, compile=True))
+    rows = [json.loads((tmp_path / name / "metrics.jsonl").read_text()) for name in ("eager", "compiled")]
+    assert rows[1]["train_loss"] == pytest.approx(rows[0]["train_loss"], rel=0.02)
+    assert set(weights(tmp_path / "compiled" / "last.safetensors")) == set(weights(tmp_path / "eager" / "last.safetensors"))
+    assert compiled["epochs"] == eager["epochs"] == 1

@@ -79,6 +79,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="a progress line every N steps when the output is not a terminal (default: 20)")
     p.add_argument("--device", help="auto (a CUDA GPU, else Apple MPS, else the CPU), cpu, cuda, cuda:N or mps "
                                     "(default: auto)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the training step (a compilation per batch shape at start; BENCHMARKS 20 "
+                        "has the GPU command that measures whether it pays)")
     p.set_defaults(func=_run_train)
 
 

@@ -19,7 +19,8 @@ from .configs import Recipe, get_recipe, model_name, resolve_config
 
 DEFAULT_CONFIG = "vgg16_bn"
 # What a resumed run may change: its length and limits, and how this machine runs it.
-RESUMABLE = {"budget_min", "time_limit_min", "stop_after_steps", "threads", "workers", "log_every", "device"}
+RESUMABLE = {"budget_min", "time_limit_min", "stop_after_steps", "threads", "workers", "log_every", "device",
+             "compile"}
 PER_PROCESS = {"stop_after_steps": 0, "time_limit_min": 0.0}   # not carried over to a resumed process
 RECIPE_FIELDS = {f.name for f in dataclasses.fields(Recipe)} - {"name"}
 
@@ -56,6 +57,7 @@ class RunSettings:
     freeze_until: str | None = None      # fine-tuning: layers up to this one ("conv4_3", "fc7") stay fixed
     backbone_lr_scale: float = 0.1       # fine-tuning: the pretrained layers' lr as a share of the new head's
     device: str = "auto"                 # auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps
+    compile: bool = False                # torch.compile the training step's model (one compilation per shape)
 
     def resolved(self) -> "RunSettings":
         """A copy with every rule applied: the configuration as (letter, batch_norm), the

@@ -118,6 +118,8 @@ class Trainer:
                     if r.ema else None)
         if self.world.size > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+        if s.compile:   # the step's forward and backward through TorchInductor; evaluation stays eager
+            self.net = torch.compile(self.net)
         self.opt = make_optimizer(self.model, r, s.backbone_lr_scale if s.pretrained else 1.0)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")   # fp16 needs loss scaling
 
