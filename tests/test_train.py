@@ -359,9 +359,13 @@ def test_freed_buffers_are_reused_without_page_faults():
 
 def test_compiled_training_step_follows_the_eager_one(dataset, tmp_path):
     """--compile: the same run through TorchInductor; the checkpoint keeps the plain names."""
-    eager = train(tiny(dataset, tmp_path / "eager", epochs=1, threads=2))
-    compiled = train(tiny(dataset, tmp_path / "compiled", epochs=1, threads=2, compile=True))
+    runs = {}
+    for name, compile in (("eager", False), ("compiled", True)):
+        settings = tiny(dataset, tmp_path / name, epochs=1, threads=2, compile=compile)
+        settings.recipe = settings.recipe.replace(precision="fp32")      # bf16 kernels round differently
+        runs[name] = train(settings)
+    eager, compiled = runs["eager"], runs["compiled"]
     rows = [json.loads((tmp_path / name / "metrics.jsonl").read_text()) for name in ("eager", "compiled")]
-    assert rows[1]["train_loss"] == pytest.approx(rows[0]["train_loss"], rel=0.02)
+    assert rows[1]["train_loss"] == pytest.approx(rows[0]["train_loss"], rel=5e-3)   # fused kernels: 0.15 % apart
     assert set(weights(tmp_path / "compiled" / "last.safetensors")) == set(weights(tmp_path / "eager" / "last.safetensors"))
     assert compiled["epochs"] == eager["epochs"] == 1
