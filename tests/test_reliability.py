@@ -1,5 +1,6 @@
 """Bad input, interruptions and untrusted files (issue: reliability and security)."""
 
+import json
 import os
 import re
 import signal
@@ -216,3 +217,35 @@ def test_in_memory_folders_name_dangling_links_too(tmp_path):
         D.load_dataset(root)
     train, _ = D.load_dataset(root, skip_bad=True)
     assert len(train) == 8 and train.skipped == [str(root / "train" / "class0" / "gone.jpg")]
+
+
+def test_a_crafted_header_cannot_ask_for_a_huge_net(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+    from vggnet.weights import WeightsError, load_weights
+    header = {"model": {"config": "E", "batch_norm": False, "head": "paper", "num_classes": 100_000, "width": 4}}
+    save_file({"model.x": torch.zeros(1)}, str(tmp_path / "bomb.safetensors"), metadata={"vggnet": json.dumps(header)})
+    assert (tmp_path / "bomb.safetensors").stat().st_size < 1000
+    with pytest.raises(WeightsError, match=r"describes a \d+\.\d-billion-parameter net, over the limit of 3 billion "
+                                           r"\(set VGGNET_MAX_PARAMS"):
+        load_weights(tmp_path / "bomb.safetensors")
+    monkeypatch.setenv("VGGNET_MAX_PARAMS", "1e6")
+    from vggnet import build_model
+    from vggnet.weights import describe
+    with pytest.raises(WeightsError, match="over the limit of 0.001 billion"):
+        describe(build_model("A", num_classes=10, head="cifar", width=1 / 2))._check("w")   # 2.4 M parameters
+
+
+def test_output_paths_that_are_folders_and_old_opsets_are_one_line(tmp_path, capsys):
+    from vggnet import build_model
+    from vggnet.weights import describe, save_weights
+    model = build_model("A", num_classes=2, head="cifar", width=1 / 16)
+    w = save_weights(tmp_path / "w.safetensors", model, describe(model, input_size=32))
+    (tmp_path / "out").mkdir()
+    torch.save(build_model("A").state_dict(), tmp_path / "vgg11.pth")
+    assert main(["convert", str(tmp_path / "vgg11.pth"), "--out", str(tmp_path / "out") + "/"]) == 2
+    assert "a folder; give the weights file's name" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "vgg11.pth", "w.safetensors"]   # nothing stray
+    assert main(["export", "--weights", str(w), "--onnx", str(tmp_path / "m.onnx"), "--opset", "5"]) == 2
+    assert "--opset 5: torch's ONNX exporter writes opset 18 or later" in capsys.readouterr().err
+    assert main(["eval", "--weights", str(w), "--data", str(tmp_path), "--scales", "100000"]) == 2
+    assert "--scales must be sides from 32 to 4096 px" in capsys.readouterr().err

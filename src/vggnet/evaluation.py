@@ -26,7 +26,7 @@ from .data import IMAGE_EXTENSIONS, DataError, read_image
 from .inference import InferenceNet
 from .model import VGG, to_dense
 from .preprocess import Preprocessing, eval_scales, rescale
-from .weights import ModelSpec, load_weights
+from .weights import MAX_INPUT, ModelSpec, load_weights
 
 
 
@@ -231,6 +231,8 @@ def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] |
     on older GPUs, else fp32), eager or torch.compiled."""
     dev = runtime.resolve_device(device)
     precision = precision or runtime.resolve_precision("bf16", dev)
+    if scales and not all(32 <= q <= MAX_INPUT for q in scales):
+        raise ValueError(f"--scales must be sides from 32 to {MAX_INPUT} px; got {scales}")
     protocols = list(protocols or ["single"])
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad:

@@ -14,12 +14,17 @@ from .model import to_dense
 from .weights import ModelSpec, load_weights
 
 
+MIN_OPSET = 18   # torch.onnx's dynamo exporter
+
+
 def export_onnx(weights: str | Path, out: str | Path, dense: bool = False, opset: int = 18) -> Path:
     """Write ``out``: input "images" (N, 3, H, W) already preprocessed as the weights say
     (``load_weights(w)[1].preprocessing``: rescale, centre crop, channel order, mean, std),
     output "logits" (N, classes). ``dense`` exports the fully convolutional form (3.2),
     which takes any H, W of at least its minimum; otherwise H = W = the training input size."""
     require("onnx")                      # before anything is loaded or written
+    if opset < MIN_OPSET:
+        raise ValueError(f"--opset {opset}: torch's ONNX exporter writes opset {MIN_OPSET} or later")
     model, meta = load_weights(weights)
     if dense:
         model = to_dense(model)

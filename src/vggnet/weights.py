@@ -133,6 +133,20 @@ class ModelSpec:
                 raise WeightsError(f"{source}: {key} must be three numbers")
         if self.channel_order not in CHANNEL_ORDERS:
             raise WeightsError(f"{source}: channel_order must be RGB or BGR")
+        if self.parameter_count() > max_parameters():
+            raise WeightsError(f"{source}: describes a {self.parameter_count() / 1e9:.1f}-billion-parameter net, over "
+                               f"the limit of {max_parameters() / 1e9:g} billion (set VGGNET_MAX_PARAMS to allow more)")
+
+    def parameter_count(self) -> int:
+        """Parameters of the net described, counted on the meta device: nothing is allocated."""
+        with torch.device("meta"):
+            return sum(p.numel() for p in self.build(init="paper").parameters())
+
+
+def max_parameters() -> int:
+    """The largest net a weights file may ask for: $VGGNET_MAX_PARAMS, else 3 billion (VGG-19
+    at width 4 with the paper's head has 2.3 billion; a 196-byte header can ask for more)."""
+    return int(float(os.environ.get("VGGNET_MAX_PARAMS", 3e9)))
 
 
 _TYPES = {"config": str, "batch_norm": bool, "head": str, "num_classes": int, "width": (int, float),
@@ -151,6 +165,8 @@ def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], header:
     """Write safetensors atomically: a temporary file, fsync, then rename over ``path``,
     so an interrupted write leaves the previous file whole."""
     path = Path(path)
+    if path.is_dir() or str(path).endswith(os.sep):
+        raise WeightsError(f"{path}: a folder; give the weights file's name (e.g. {path / 'model.safetensors'})")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
