@@ -48,13 +48,13 @@ def test_train_command_tiny(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()                 # not a terminal: plain lines, never silent
     assert out[0].startswith("vggnet train on cpu (") and ": vgg11 (config A, head cifar, width 0.0625), 0." in out[0]
     assert "32 train / 8 validation / 40 test images (in memory); 4 steps of 8 per epoch" in out[1]
-    assert out[2] == "  recipe fast-plain: 1 epochs, lr 0.05 (onecycle), fp32"
+    assert out[2] == "  recipe fast-plain: 1 epoch, lr 0.05 (onecycle), fp32"
     assert out[3] == f"  run folder {tmp_path / 'run'}"
     steps = [line for line in out if line.startswith("epoch 1/1 step ")]
     assert [line.split(":")[0] for line in steps] == ["epoch 1/1 step 2/4", "epoch 1/1 step 4/4"]
     assert all("run ETA" in line for line in steps)
     assert any(line.startswith("epoch 1/1: loss ") and " s validation)" in line for line in out)
-    assert out[-2].startswith("done: 1 epochs in ") and "test accuracy" in out[-2]
+    assert out[-2].startswith("done: 1 epoch in ") and "test accuracy" in out[-2]
     assert out[-1].startswith(f"files in {tmp_path / 'run'}: results.json, metrics.jsonl")
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["settings"]["recipe"]["precision"] == "fp32" and run["model"]["config"] == "A"

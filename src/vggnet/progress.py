@@ -19,6 +19,10 @@ from .model import count_parameters
 from .runtime import machine
 
 
+def epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
 def minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
@@ -52,7 +56,7 @@ class Progress:
         self.say(f"  data {s.data or s.download}: {len(t.train):,} train / {len(t.val):,} validation / "
                  f"{len(t.test):,} test images ({kind}); {t.schedule.steps_per_epoch} steps of {r.batch_size} "
                  "per epoch")
-        self.say(f"  recipe {r.name}: {r.epochs} epochs, lr {r.lr:g} ({r.schedule}), {precision}"
+        self.say(f"  recipe {r.name}: {epochs(r.epochs)}, lr {r.lr:g} ({r.schedule}), {precision}"
                  f"{f', {t.world.size} processes' if t.world.size > 1 else ''}")
         self.say(f"  run folder {t.out}")
 
@@ -102,9 +106,9 @@ class Progress:
 def summary(result: dict, out: object) -> str:
     """The closing lines of a run: accuracies, time and where its files are."""
     if result.get("stopped"):
-        return (f"stopped after {result['epoch']} epochs and {result['batch_in_epoch']} steps of epoch "
+        return (f"stopped after {epochs(result['epoch'])} and {result['batch_in_epoch']} steps of epoch "
                 f"{result['epoch'] + 1}; continue with: vggnet train --resume {out}")
-    lines = [f"done: {result['epochs']} epochs in {minutes(result.get('time_s', 0.0))}; test accuracy "
+    lines = [f"done: {epochs(result['epochs'])} in {minutes(result.get('time_s', 0.0))}; test accuracy "
              f"{100 * result['final_test_acc']:.2f} % (final weights)"]
     if "best_val_test_acc" in result:
         lines[0] += (f", {100 * result['best_val_test_acc']:.2f} % (best validation, "
