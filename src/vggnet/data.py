@@ -9,6 +9,7 @@ or photographs of different sizes, are listed and read image by image
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -113,11 +114,12 @@ def max_pixels() -> int:
     return int(os.environ.get("VGGNET_MAX_PIXELS", 100_000_000))
 
 
-def check_size(path: Path) -> None:
-    """Refuse an image whose header declares more than :func:`max_pixels`, before decoding it."""
+def check_size(path: Path, raw: bytes) -> None:
+    """Refuse an image whose header declares more than :func:`max_pixels`, before decoding it
+    (the header is parsed from the bytes already read: no second read of the file)."""
     from PIL import Image
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(raw)) as img:
             w, h = img.size
     except Image.DecompressionBombError as exc:
         raise DataError(f"{path}: {exc}") from None
@@ -130,11 +132,14 @@ def check_size(path: Path) -> None:
 
 def read_image(path: Path) -> torch.Tensor:
     """Any image file as (3, H, W) uint8 RGB: grayscale, alpha, palette, 16-bit and CMYK
-    files are converted; a DataError names a file that cannot be decoded or is too large."""
-    check_size(path)
+    files are converted; a DataError names a file that cannot be read, decoded, or is too large."""
     try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        image = decode_image(data, mode=ImageReadMode.RGB)
+        raw = path.read_bytes()
+    except OSError as exc:   # a dangling or looping symlink, no permission
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    check_size(path, raw)
+    try:
+        image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except Exception as exc:  # torchvision raises RuntimeError for corrupt files
         return _read_with_pil(path, exc)
     if image.dtype != torch.uint8:  # 16-bit PNG

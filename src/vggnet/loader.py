@@ -71,6 +71,8 @@ class TensorLoader(_Loader):
     tensor is moved there once when it takes under half the free memory (CIFAR-10: 150 MB),
     so batches are drawn and augmented where the model is."""
 
+    kind = "in memory"
+
     def __init__(self, data: TensorData, preprocess: Preprocessing, augmentation: Augmentation,
                  generator: torch.Generator, world: World) -> None:
         super().__init__(data, preprocess, augmentation, generator, world)
@@ -115,6 +117,8 @@ class StreamLoader(_Loader):
     """Streamed batches: DataLoader workers read, rescale, crop, flip and colour-shift each
     image (a generator per (seed, epoch, image): the same crops whatever the workers);
     each rank reads only its shard of every global batch."""
+
+    kind = "streamed"
 
     def __init__(self, data: StreamingImages, preprocess: Preprocessing, augmentation: Augmentation,
                  generator: torch.Generator, world: World, workers: int, seed: int) -> None:

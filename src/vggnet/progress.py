@@ -47,14 +47,13 @@ class Progress:
         t, s, spec, r = trainer, trainer.s, trainer.spec, trainer.r
         m = machine(t.world.device)
         precision = t.precision + (" (asked: bf16; no native bf16 here)" if t.precision != r.precision else "")
-        kind = "streamed" if type(t.train).__name__ == "StreamLoader" else "in memory"
         self.say(f"vggnet train on {t.world.device} ({m['device_model']}): "
                  f"{model_name(spec.config, spec.batch_norm)} (config {spec.config}"
                  f"{', BN' if spec.batch_norm else ''}, head {spec.head}, width {spec.width:g}), "
                  f"{count_parameters(t.model) / 1e6:.2f} M parameters, {spec.num_classes} classes, "
                  f"{spec.input_size} px input")
         self.say(f"  data {s.data or s.download}: {len(t.train):,} train / {len(t.val):,} validation / "
-                 f"{len(t.test):,} test images ({kind}); {t.schedule.steps_per_epoch} steps of {r.batch_size} "
+                 f"{len(t.test):,} test images ({t.train.kind}); {t.schedule.steps_per_epoch} steps of {r.batch_size} "
                  "per epoch")
         self.say(f"  recipe {r.name}: {epochs(r.epochs)}, lr {r.lr:g} ({r.schedule}), {precision}"
                  f"{f', {t.world.size} processes' if t.world.size > 1 else ''}")

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import runtime
-from .data import cache_dir
+from .data import StreamingImages, cache_dir
 from .distributed import World
 from .files import file_digest, write_text_atomic
 from .loader import run_data
@@ -259,14 +259,15 @@ def default_epochs(settings: RunSettings, epochs: int) -> int:
 
 
 def listing_key(*loaders: object) -> list:
-    """What identifies the images of each split: their files, or their pixels' checksum in memory."""
+    """What identifies the images of each split: their files, or a hash of their pixels in memory
+    (hashed in place, no copy of the data set)."""
     key = []
     for loader in loaders:
         data = loader.data
-        if hasattr(data, "items"):
+        if isinstance(data, StreamingImages):
             key.append([str(p) for p, _ in data.items])
         else:
-            key.append([len(data), int(data.images.to(torch.int64).sum()), data.labels.tolist()])
+            key.append([hashlib.sha1(data.images.cpu().contiguous().numpy()).hexdigest(), data.labels.tolist()])
     return key
 
 

@@ -133,8 +133,9 @@ class ModelSpec:
                 raise WeightsError(f"{source}: {key} must be three numbers")
         if self.channel_order not in CHANNEL_ORDERS:
             raise WeightsError(f"{source}: channel_order must be RGB or BGR")
-        if self.parameter_count() > max_parameters():
-            raise WeightsError(f"{source}: describes a {self.parameter_count() / 1e9:.1f}-billion-parameter net, over "
+        count = self.parameter_count()
+        if count > max_parameters():
+            raise WeightsError(f"{source}: describes a {count / 1e9:.1f}-billion-parameter net, over "
                                f"the limit of {max_parameters() / 1e9:g} billion (set VGGNET_MAX_PARAMS to allow more)")
 
     def parameter_count(self) -> int:
