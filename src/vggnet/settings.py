@@ -71,13 +71,18 @@ class RunSettings:
         if pretrained:               # the net is the weights' own
             letter, bn, width, suffix = self._pretrained_net()
             pretrained = str(resolve_weights_path(pretrained))
-        recipe = self.recipe or get_recipe("finetune" if self.pretrained else "fast" if bn else "fast-plain")
+        recipe = self.recipe or self.default_recipe()
         data = self.data
         if self.download is None:
             data = str(find_data(self.data).resolve())
         out = self.out or str(Path("runs") / f"{model_name(letter, bn)}-{dataset_name(data)}{suffix}")
         return dataclasses.replace(self, config=letter, batch_norm=bn, width=width, recipe=recipe, data=data, out=out,
                                    pretrained=pretrained)
+
+    def default_recipe(self) -> Recipe:
+        """The rule: ``finetune`` for pretrained weights, ``fast`` with BatchNorm, ``fast-plain`` without."""
+        return get_recipe("finetune" if self.pretrained else
+                          "fast" if resolve_config(self.config, self.batch_norm)[1] else "fast-plain")
 
     def _pretrained_net(self) -> tuple[str, bool, float, str]:
         """(letter, batch_norm, width, run-folder suffix) of the weights to fine-tune."""
@@ -106,6 +111,8 @@ class RunSettings:
                                  f"got {getattr(self, name)}")
         if self.recipe is not None:
             self.recipe.check()
+        from .runtime import resolve_device
+        resolve_device(self.device)      # a device the machine lacks: one line, before anything runs
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))   # tuples as lists, as saved
@@ -163,10 +170,9 @@ def resolve_settings(resume: bool = False, recipe: str | Recipe | None = None, *
             recipe if isinstance(recipe, Recipe) else base.recipe
         return dataclasses.replace(base, **options, recipe=start.replace(**changes)).resolved()
     settings = RunSettings(**options)
-    if recipe is not None:
-        settings.recipe = recipe if isinstance(recipe, Recipe) else get_recipe(recipe)
-    settings = settings.resolved()
-    return dataclasses.replace(settings, recipe=settings.recipe.replace(**changes))
+    base = recipe if isinstance(recipe, Recipe) else get_recipe(recipe) if recipe else settings.default_recipe()
+    settings.recipe = base.replace(**changes)   # checked with the rest before any data is looked for
+    return settings.resolved()
 
 
 def settings_changes(saved: RunSettings, now: RunSettings) -> str:
