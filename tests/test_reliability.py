@@ -19,7 +19,7 @@ from conftest import write_image_folder
 from vggnet import data as D
 from vggnet.augment import scale_jitter_crop
 from vggnet.preprocess import center_crop, rescale
-from vggnet.cli import main
+from vggnet.cli import EXIT_STOPPED, main
 from vggnet.weights import read_checkpoint
 
 
@@ -115,7 +115,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_a_complete_one(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", KILL_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "first"
     for _ in range(200):  # kill while the temporary file is being written
-        if path.with_name(path.name + ".tmp").exists():
+        if list(tmp_path.glob(".last.safetensors.*.tmp")):
             break
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
@@ -145,7 +145,7 @@ def test_sigterm_mid_run_then_resume_ends_like_an_uninterrupted_run(tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == EXIT_STOPPED == 75, err[-2000:]     # stopped, resumable: not 0 like a finished run
     done = int(re.search(r"stopped after (\d+) epochs? and \d+ steps of epoch", out).group(1))
     assert 1 <= done < 8 and f"continue with: vggnet train --resume {tmp_path / 'cut'}" in out
     resumed = subprocess.run([sys.executable, "-m", "vggnet", "train", "--resume", str(tmp_path / "cut")], env=env,
@@ -249,3 +249,164 @@ def test_output_paths_that_are_folders_and_old_opsets_are_one_line(tmp_path, cap
     assert "--opset 5: torch's ONNX exporter writes opset 18 or later" in capsys.readouterr().err
     assert main(["eval", "--weights", str(w), "--data", str(tmp_path), "--scales", "100000"]) == 2
     assert "--scales must be sides from 32 to 4096 px" in capsys.readouterr().err
+
+
+def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--config", "A", "--width", "0.0625", "--data", str(data), "--out", str(out), "--val-size", "6",
+            "--batch-size", "6", "--epochs", "3", "--init", "glorot", "--threads", "1", *extra]
+
+
+def test_a_run_folder_in_use_is_refused_and_left_alone(tmp_path, capsys):
+    from vggnet.files import FolderLock
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=12)
+    (tmp_path / "run").mkdir()
+    held = FolderLock(tmp_path / "run").acquire()          # another run is training into it
+    assert main(tiny_args(data, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'run'} is in use by another vggnet training run (pid {os.getpid()})" in err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
+    held.release()
+    assert main(tiny_args(data, tmp_path / "run")) == 0
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def full_disk_on(monkeypatch, name: str, after: int) -> list[int]:
+    """safetensors' own error for a full disk, on writes of ``name`` after the first ``after``."""
+    import safetensors.torch
+    real, calls = safetensors.torch.save_file, [0]
+
+    def save_file(tensors, filename, metadata=None):
+        if Path(filename).name.startswith(f".{name}."):
+            calls[0] += 1
+            if calls[0] > after:
+                raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device "
+                                                  "(os error 28)")
+        return real(tensors, filename, metadata=metadata)
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    return calls
+
+
+def test_a_full_disk_at_a_checkpoint_loses_no_epoch(tmp_path, capsys, monkeypatch):
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=12)
+    assert main(tiny_args(data, tmp_path / "full")) == 0
+    with monkeypatch.context() as m:
+        full_disk_on(m, "last.safetensors", after=1)      # epoch 2's checkpoint finds the disk full
+        assert main(tiny_args(data, tmp_path / "cut")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and (f"cannot write the checkpoint {tmp_path / 'cut' / 'last.safetensors'}: No space "
+                                     f"left on device; the run folder keeps its last complete checkpoint") in err
+    assert f"`vggnet train --resume {tmp_path / 'cut'}`" in err
+    assert not list((tmp_path / "cut").glob("*.tmp"))                     # no temporary left behind
+    rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1] and read_checkpoint(tmp_path / "cut" / "last.safetensors")[1]["state"]["epoch"] == 1
+    assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
+    a, b = (read_checkpoint(tmp_path / r / "last.safetensors")[0]["model"] for r in ("full", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    full = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["train_loss"] for r in rows] == [r["train_loss"] for r in full]
+
+
+class Killed(BaseException):
+    """What the test raises where a SIGKILL would have ended the process."""
+
+
+def test_a_kill_between_checkpoint_best_and_metrics_is_repaired_on_resume(tmp_path, monkeypatch, capsys):
+    """Killed after last.safetensors of a best epoch (epoch 1, the first) was written, before
+    best.safetensors and metrics.jsonl: the resumed run's folder equals the uninterrupted run's."""
+    import vggnet.checkpoint as C
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=12)
+    assert main(tiny_args(data, tmp_path / "full")) == 0
+    real, killed = C.write_checkpoint, []
+
+    def write_checkpoint(path, tensors, header):
+        if path.name == "best.safetensors" and not killed:
+            killed.append(header["state"]["epoch"])
+            raise Killed
+        return real(path, tensors, header)
+    monkeypatch.setattr(C, "write_checkpoint", write_checkpoint)
+    with pytest.raises(Killed):
+        main(tiny_args(data, tmp_path / "cut"))
+    monkeypatch.setattr(C, "write_checkpoint", real)
+    assert killed == [1] and read_checkpoint(tmp_path / "cut" / "last.safetensors")[1]["state"]["epoch"] == 1
+    assert not (tmp_path / "cut" / "best.safetensors").exists() and not (tmp_path / "cut" / "metrics.jsonl").exists()
+    (tmp_path / "cut" / ".best.safetensors.12345.tmp").write_bytes(b"half a file")    # what a real kill leaves
+    assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
+    assert not list((tmp_path / "cut").glob("*.tmp"))
+    for name in ("last.safetensors", "best.safetensors"):
+        (ga, ha), (gb, hb) = (read_checkpoint(tmp_path / r / name) for r in ("full", "cut"))
+        assert ha["state"]["epoch"] == hb["state"]["epoch"] and all(torch.equal(ga["model"][k], gb["model"][k])
+                                                                    for k in ga["model"])
+    rows, full = ([json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+                  for r in ("cut", "full"))
+    assert [(r["epoch"], r["val_acc"], r["train_loss"]) for r in rows] == \
+        [(r["epoch"], r["val_acc"], r["train_loss"]) for r in full]
+
+
+def test_a_stopped_run_exits_75_but_0_under_torchrun(tmp_path, monkeypatch, capsys):
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=12)
+    monkeypatch.setattr("vggnet.training.Trainer._should_stop", lambda self: self.state.step >= 2)
+    assert main(tiny_args(data, tmp_path / "a")) == 75
+    assert "stopped after 0 epochs and 2 steps of epoch 1" in capsys.readouterr().out
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")        # torchrun would restart a worker that exits non-zero
+    assert main(tiny_args(data, tmp_path / "b")) == 0
+
+
+def test_file_system_errors_are_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    from vggnet import build_model
+    from vggnet.weights import describe, save_weights
+    model = build_model("A", num_classes=2, head="cifar", width=1 / 16)
+    w = save_weights(tmp_path / "w.safetensors", model, describe(model, input_size=32))
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=2)
+    (tmp_path / "file").write_text("not a folder")
+    image = str(data / "test" / "class0" / "0000.jpg")
+    assert main(["predict", "--weights", str(w), image, "--cam", str(tmp_path / "file" / "cam.png")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("vggnet predict: error: ") and str(tmp_path / "file") in err[-1]
+    monkeypatch.setenv("VGGNET_CACHE", str(tmp_path / "file" / "cache"))     # a cache folder that cannot be made
+    assert main(tiny_args(data, tmp_path / "run", "--val-size", "1", "--batch-size", "2")) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the cache file" in err and "set VGGNET_CACHE to a writable folder" in err
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr("vggnet.cli._run_summary", lambda args: 1 / 0)       # a bug of ours: one line, exit 1
+    assert main(["summary"]) == 1
+    assert capsys.readouterr().err == ("vggnet summary: internal error: ZeroDivisionError: division by zero "
+                                       "(VGGNET_DEBUG=1 shows the traceback; please report it)\n")
+
+
+def test_a_corrupt_cache_file_is_named_and_rebuilt(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=4)
+    first, _ = D.load_dataset(data)
+    [cached] = [p for p, _ in D.cache_entries() if p.name.startswith("train-")]
+    cached.write_bytes(cached.read_bytes()[:100])                             # torn by a full disk or a kill
+    again, _ = D.load_dataset(data)
+    assert f"cache file {cached} is unreadable" in capsys.readouterr().err
+    assert torch.equal(first.images, again.images) and D.read_cached(cached, ("images",)) is not None
+
+
+def test_archives_downloads_and_mismatched_weights_are_one_line(tmp_path, capsys, monkeypatch):
+    import urllib.error
+    import urllib.request
+    from vggnet import build_model
+    from vggnet.weights import describe, save_weights
+    (tmp_path / "bad.tar.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(D.DataError, match=r"bad.tar.gz: not a readable CIFAR-10 .tar.gz \(not a gzip file\)"):
+        D.load_dataset(tmp_path / "bad.tar.gz")
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(D.DataError, match=r"cannot download http://x/c.tar.gz into .*: Name or service not known; "
+                                          r"without a network, copy c.tar.gz into"):
+        D.download("http://x/c.tar.gz", tmp_path / "dl" / "c.tar.gz", "0" * 32)
+    assert not list((tmp_path / "dl").iterdir())
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=6)
+    model = build_model("A", num_classes=2, head="cifar", width=1 / 8)
+    w = save_weights(tmp_path / "w8.safetensors", model, describe(model, input_size=32))
+    assert main(tiny_args(data, tmp_path / "r", "--val-size", "2", "--init-from", str(w))) == 2
+    assert (f"{w}: features.0.weight has shape (8, 3, 3, 3), this model needs (4, 3, 3, 3) (another width or "
+            "number of classes?)") in capsys.readouterr().err
+    assert main(tiny_args(data, tmp_path / "r", "--crop-size", "1000")) == 2
+    assert "--crop-size 1000 on" in capsys.readouterr().err
+    assert main(["eval", "--weights", str(w), "--data", str(data), "--limit", "-3"]) == 2
+    assert "--limit must be >= 0" in capsys.readouterr().err

@@ -94,3 +94,15 @@ def test_cli_study_needs_an_image_folder(tmp_path, capsys):
 def test_cli_study_rejects_unknown_config(dataset, tmp_path, capsys):
     assert main(["study", str(dataset), "--configs", "A,F", "--out", str(tmp_path / "s")]) == 2
     assert "unknown VGG configuration 'F'" in capsys.readouterr().err
+
+
+def test_a_stopped_study_stops_whole_and_exits_75(dataset, tmp_path, capsys, monkeypatch):
+    """SIGTERM (or Ctrl-C) in a study's run stops the study, not only that run: the next
+    runs do not start, and the same command continues it."""
+    monkeypatch.setattr("vggnet.training.Trainer._should_stop", lambda self: True)   # at the first step
+    argv = ["study", str(dataset), "--configs", "A", "--epochs", "1", "--width", "0.0625", "--val-size", "12",
+            "--eval-images", "9", "--out", str(tmp_path / "s")]
+    assert main(argv) == 75
+    assert "study stopped in A-fixed-seed0; the same command continues it" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["A-fixed-seed0"]
+    assert not (tmp_path / "s" / "A-fixed-seed0" / "results.json").exists()

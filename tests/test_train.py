@@ -89,6 +89,19 @@ def test_same_seed_same_result_and_exact_resume(dataset, tmp_path):
     assert rows[1]["images_per_s"] == pytest.approx(7 * 16 / rows[1]["train_time_s"])   # 120 train images, 7 full batches
 
 
+def test_streamed_run_with_dropout_resumes_exactly(dataset, tmp_path):
+    """The streamed path, whose DataLoader is built again on resume, keeps dropout's random
+    stream: the loader draws its workers' seed from its own generator, not the global one."""
+    def run(out: str, **kw) -> RunSettings:
+        s = tiny(dataset, tmp_path / out, stream=True, workers=2, **kw)
+        return RunSettings(**{**s.__dict__, "recipe": s.recipe.replace(dropout=0.5)})
+    train(run("full"))
+    assert train(run("cut", stop_after_steps=3))["stopped"]
+    train(run("cut"), resume=True)
+    full, cut = weights(tmp_path / "full" / "last.safetensors"), weights(tmp_path / "cut" / "last.safetensors")
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
 def test_resume_reads_checkpoint_without_epoch_time(dataset, tmp_path):
     """A checkpoint written before the epoch's time was kept (no time_s/data_s) resumes to the same weights."""
     train(tiny(dataset, tmp_path / "full", epochs=2))
@@ -186,13 +199,14 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(dataset, tmp_path):
 def test_atomic_checkpoint_survives_failed_write(tmp_path, monkeypatch):
     path = tmp_path / "ck.safetensors"
     write_checkpoint(path, {"model.w": torch.ones(3)}, {"epoch": 1})
-    import vggnet.weights as T
+    import safetensors
+    import safetensors.torch
 
-    def crash(tensors, filename, metadata=None):
+    def crash(tensors, filename, metadata=None):      # what safetensors raises on a full disk
         Path(filename).write_bytes(b"partial")
-        raise OSError("disk full")
-    monkeypatch.setattr(T, "save_file", crash)
-    with pytest.raises(OSError):
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(OSError, match=f"No space left on device: '{path}'"):
         write_checkpoint(path, {"model.w": torch.zeros(3)}, {"epoch": 2})
     groups, meta = read_checkpoint(path)
     assert meta == {"epoch": 1} and torch.equal(groups["model"]["w"], torch.ones(3))

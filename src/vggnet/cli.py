@@ -8,11 +8,13 @@ and exit code 2, not a traceback.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from .configs import INITS, PROTOCOLS, RECIPES, STUDY_CONFIGS
+from .errors import VggnetError, os_error
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -92,17 +94,26 @@ _TRAIN_FIELDS = {"time_limit": "time_limit_min", "budget": "budget_min"}
 def _run_train(args: argparse.Namespace) -> int:
     from .training import train
     if args.train_scale is not None and len(args.train_scale) not in (1, 2):
-        raise ValueError("--train-scale takes S or SMIN SMAX")
+        raise VggnetError("--train-scale takes S or SMIN SMAX")
     if args.budget is not None and args.epochs is not None:
-        raise ValueError("give --epochs or --budget, not both (--budget sets the epochs)")
+        raise VggnetError("give --epochs or --budget, not both (--budget sets the epochs)")
     options = {_TRAIN_FIELDS.get(k, k): v for k, v in vars(args).items() if k not in ("command", "func", "resume")}
     options["train_scale"] = (args.train_scale[0], args.train_scale[-1]) if args.train_scale else None
     if isinstance(args.resume, str):
         if args.out is not None and args.out != args.resume:
-            raise ValueError(f"--resume {args.resume} and --out {args.out} name two run folders; give one")
+            raise VggnetError(f"--resume {args.resume} and --out {args.out} name two run folders; give one")
         options["out"] = args.resume
-    train(resume=bool(args.resume), **options)   # it prints its header, progress and summary
-    return 0
+    return exit_status(train(resume=bool(args.resume), **options))   # it prints its header, progress and summary
+
+
+EXIT_STOPPED = 75   # EX_TEMPFAIL of sysexits.h: stopped before the end, continue it with --resume
+
+
+def exit_status(result: dict) -> int:
+    """0 for a run that reached its end, EXIT_STOPPED for one stopped early (--time-limit,
+    Ctrl-C, SIGTERM) so that scripts and schedulers can tell them apart. Under torchrun a
+    stopped run exits 0: torchrun restarts workers that exit non-zero."""
+    return EXIT_STOPPED if result.get("stopped") and "TORCHELASTIC_RUN_ID" not in os.environ else 0
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -139,8 +150,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     from .transfer import finetune
     options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "weights", "data", "mode",
                                                                  "features") and v is not None}
-    finetune(args.weights, args.data, mode=args.mode, features=args.features, **options)   # prints its summary
-    return 0
+    return exit_status(finetune(args.weights, args.data, mode=args.mode, features=args.features, **options))
 
 
 def _add_summary(sub: argparse._SubParsersAction) -> None:
@@ -159,7 +169,7 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
 def _run_summary(args: argparse.Namespace) -> int:
     from .summary import format_summary, summarize
     if len(args.input) > 2:
-        raise ValueError("--input takes one size or a height and a width")
+        raise VggnetError("--input takes one size or a height and a width")
     h, w = args.input[0], args.input[-1]
     head = args.head or ("paper" if min(h, w) >= 224 else "cifar")
     rows = summarize(args.config, batch_norm=args.batch_norm, input_size=(h, w), head=head,
@@ -227,7 +237,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     source = args.source or SOURCE_BY_SUFFIX.get("".join(Path(args.file).suffixes[-2:]).lower()) \
         or SOURCE_BY_SUFFIX.get(Path(args.file).suffix.lower())
     if source is None:
-        raise ValueError(f"{args.file}: cannot tell torchvision from Keras by the extension; give --from")
+        raise VggnetError(f"{args.file}: cannot tell torchvision from Keras by the extension; give --from")
     out = (convert_torchvision if source == "torchvision" else convert_keras)(args.file, args.out)
     spec = read_metadata(out)
     print(f"wrote {out}: config {spec.config}{' BN' if spec.batch_norm else ''}, "
@@ -322,6 +332,8 @@ def _run_study(args: argparse.Namespace) -> int:
                     jitter=None if args.no_jitter else tuple(args.jitter), jitter_config=args.jitter_config,
                     eval_images=args.eval_images, width=args.width, limit_train=args.limit_train,
                     val_size=args.val_size, threads=args.threads, device=args.device)
+    if summary.get("stopped"):
+        return exit_status(summary)
     print(format_study(summary))
     return 0
 
@@ -342,7 +354,7 @@ def _run_push(args: argparse.Namespace) -> int:
         print(f"wrote {save_pretrained(args.run, args.save_only)} (config.json, model.safetensors, README.md)")
         return 0
     if not args.repo:
-        raise ValueError("give --repo USER/NAME (or --save-only DIR to write the Hub folder here)")
+        raise VggnetError("give --repo USER/NAME (or --save-only DIR to write the Hub folder here)")
     print(f"pushed {args.run} to {push(args.run, args.repo, args.private)}")
     return 0
 
@@ -399,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 2 a one-line error (bad argument or file, a
+    failed write), 75 a training run stopped before its end and resumable (--time-limit, Ctrl-C,
+    SIGTERM), 1 an internal error (VGGNET_DEBUG=1 shows its traceback), 130 interrupted."""
     args = build_parser().parse_args(argv)
     from .runtime import reuse_freed_memory
     reuse_freed_memory()    # every command: reused buffers instead of fresh page faults (BENCHMARKS 16)
@@ -406,15 +421,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.reconfigure(line_buffering=True)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
-        print(f"vggnet {args.command}: error: {exc}", file=sys.stderr)
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+    except (ValueError, OSError) as exc:     # VggnetError, and what the file system says
+        message = os_error(exc) if isinstance(exc, OSError) else exc
+        print(f"vggnet {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vggnet {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into `head` and the like
-        sys.stderr.close()
-        return 0
+    except Exception as exc:
+        if os.environ.get("VGGNET_DEBUG"):
+            raise
+        first = (str(exc).splitlines() or [""])[0][:300]
+        print(f"vggnet {args.command}: internal error: {type(exc).__name__}: {first} "
+              "(VGGNET_DEBUG=1 shows the traceback; please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .errors import VggnetError
+
 # Table 1 of Simonyan & Zisserman (2014), column by column. "B-5x5" is the shallow
 # control net of section 4.1 (each pair of 3x3 convs of B replaced by one 5x5 conv
 # with the same receptive field); it is not one of Table 1's columns.
@@ -128,7 +130,7 @@ def resolve_config(name: str, batch_norm: bool | None = None) -> tuple[str, bool
         letter, bn = ALIASES[lowered]
         return letter, bn if batch_norm is None else bool(batch_norm)
     valid = ", ".join(list(CONFIGS) + list(ALIASES))
-    raise ValueError(f"unknown VGG configuration {name!r}; valid names: {valid}")
+    raise VggnetError(f"unknown VGG configuration {name!r}; valid names: {valid}")
 
 
 def parse_token(token: str) -> tuple[str, int, int]:
@@ -139,7 +141,7 @@ def parse_token(token: str) -> tuple[str, int, int]:
         return "lrn", int(LRN_SETTINGS["size"]), 0
     kind, _, channels = token.partition("-")
     if not kind.startswith("conv") or not channels.isdigit():
-        raise ValueError(f"bad Table 1 token {token!r}")
+        raise VggnetError(f"bad Table 1 token {token!r}")
     return "conv", int(kind[4:]), int(channels)
 
 
@@ -194,11 +196,11 @@ class Recipe:
                  ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"), ("crop_padding", self.crop_padding >= 0, ">= 0")]
         for name, ok, expected in rules:
             if not ok:
-                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be {expected}; got {getattr(self, name)}")
+                raise VggnetError(f"{name} (--{name.replace('_', '-')}) must be {expected}; got {getattr(self, name)}")
         if self.train_scale is not None and not 1 <= self.train_scale[0] <= self.train_scale[1]:
-            raise ValueError(f"train scale (--train-scale) must be SMIN <= SMAX, both >= 1; got {self.train_scale}")
+            raise VggnetError(f"train scale (--train-scale) must be SMIN <= SMAX, both >= 1; got {self.train_scale}")
         if self.precision not in ("bf16", "fp16", "fp32"):
-            raise ValueError(f"precision (--precision) must be bf16, fp16 or fp32; got {self.precision!r}")
+            raise VggnetError(f"precision (--precision) must be bf16, fp16 or fp32; got {self.precision!r}")
         return self
 
     @classmethod
@@ -240,5 +242,5 @@ RECIPES: dict[str, Recipe] = {
 def get_recipe(name: str) -> Recipe:
     """The recipe called ``name``; ValueError listing the valid names otherwise."""
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}")
+        raise VggnetError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}")
     return RECIPES[name]

@@ -16,7 +16,7 @@ from .configs import config_with_convs, convs_per_block
 from .extras import require
 from .model import VGG, build_model
 from .preprocess import CAFFE_PREPROCESSING, TORCHVISION_PREPROCESSING
-from .weights import WeightsError, describe, imagenet_classes, save_weights
+from .weights import WeightsError, describe, imagenet_classes, load_matching, save_weights
 
 KERAS_CONFIGS = ("D", "E")   # keras.applications ships VGG16 and VGG19
 
@@ -57,7 +57,7 @@ def convert_torchvision(src: str | Path, out: str | Path) -> Path:
         raise WeightsError(f"{src}: expected a state dict of tensors")
     config, batch_norm, num_classes = _torchvision_layout(state, src)
     model = build_model(config, batch_norm=batch_norm, num_classes=num_classes)
-    model.load_state_dict(state, strict=True)
+    load_matching(model, state, src)
     return save_imagenet_weights(out, model, "torchvision", TORCHVISION_PREPROCESSING)
 
 
@@ -144,5 +144,5 @@ def convert_keras(src: str | Path, out: str | Path) -> Path:
         k = kernel if kernel is not None else torch.from_numpy(layers[name][0])
         state[f"classifier.{idx}.weight"] = k.T.contiguous()
         state[f"classifier.{idx}.bias"] = torch.from_numpy(layers[name][1])
-    model.load_state_dict(state)
+    load_matching(model, state, src)
     return save_imagenet_weights(out, model, "keras", CAFFE_PREPROCESSING)

@@ -13,18 +13,22 @@ import io
 import json
 import os
 import pickle
+import sys
 import tarfile
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from tqdm import tqdm
 from torchvision.io import ImageReadMode, decode_image
 
 from .augment import pca_lighting, random_crop
-from .files import file_digest
+from .errors import VggnetError, os_error
+from .files import file_digest, replacing, write_safetensors_atomic
 from .preprocess import Preprocessing, rescale
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -34,7 +38,7 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 DEFAULT_LOCATIONS = ("data/cifar10", "data/cifar10-jpeg", "../shared/data/cifar10-jpeg")
 
 
-class DataError(ValueError):
+class DataError(VggnetError):
     """Bad or missing data; the message names the path and what to do."""
 
 
@@ -179,6 +183,35 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VGGNET_CACHE", Path.home() / ".cache" / "vggnet"))
 
 
+def read_cached(path: Path, keys: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+    """A cache file's tensors, or None when there is none; a corrupt one (torn, truncated,
+    another program's) is named on stderr, removed, and so rebuilt by the caller."""
+    if not path.is_file():
+        return None
+    try:
+        tensors = load_file(str(path))
+        missing = [k for k in keys if k not in tensors]
+        why = f"no {', '.join(missing)} tensor" if missing else ""
+    except (SafetensorError, OSError, ValueError) as exc:
+        tensors, why = {}, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    if not why:
+        return tensors
+    print(f"vggnet: cache file {path} is unreadable ({why}): removed, building it again", file=sys.stderr)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def write_cached(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Keep ``tensors`` in the cache (atomic: ranks may build the same file at once); a cache
+    folder that cannot be written is named, with the setting that moves it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_safetensors_atomic(path, tensors)
+    except OSError as exc:
+        raise os_error(exc, "write the cache file", path, "set VGGNET_CACHE to a writable folder with free space, "
+                       "or free some (vggnet cache --clear)") from None
+
+
 def cache_entries() -> list[tuple[Path, int]]:
     """(file, bytes) of every cached data set and feature file, largest first."""
     root = cache_dir()
@@ -222,8 +255,8 @@ def load_folder_tensors(root: Path, use_cache: bool = True, skip_bad: bool = Fal
     items, classes = list_image_folder(root)
     key = _listing_key(items)
     cached = cache_dir() / f"{root.resolve().name}-{key}.safetensors"
-    if use_cache and cached.is_file():
-        tensors = load_file(cached)
+    tensors = read_cached(cached, ("images", "labels")) if use_cache else None
+    if tensors is not None:
         skipped = json.loads(tensors.get("skipped_json", torch.zeros(0, dtype=torch.uint8)).numpy().tobytes() or b"[]")
         return TensorData(tensors["images"], tensors["labels"], classes, skipped)
     images, bad, good = [], [], []
@@ -241,11 +274,8 @@ def load_folder_tensors(root: Path, use_cache: bool = True, skip_bad: bool = Fal
                         "use the streaming loader for such data sets")
     data = TensorData(torch.stack(images), torch.tensor([y for _, y in items], dtype=torch.int64), classes, skipped)
     if use_cache:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")   # ranks may build it at the same time
         skipped_json = torch.frombuffer(bytearray(json.dumps(skipped).encode()), dtype=torch.uint8)
-        save_file({"images": data.images, "labels": data.labels, "skipped_json": skipped_json}, str(tmp))
-        os.replace(tmp, cached)
+        write_cached(cached, {"images": data.images, "labels": data.labels, "skipped_json": skipped_json})
     return data
 
 
@@ -264,14 +294,17 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 def load_cifar_archive(archive: Path) -> tuple[TensorData, TensorData]:
     """(train, test) from the official ``cifar-10-python.tar.gz``."""
     splits: dict[str, list[dict]] = {"train": [], "test": []}
-    with tarfile.open(archive, "r:gz") as tar:
-        for member in sorted(tar.getmembers(), key=lambda m: m.name):
-            base = Path(member.name).name
-            split = "train" if base.startswith("data_batch") else "test" if base == "test_batch" else None
-            if split:
-                fh = tar.extractfile(member)
-                assert fh is not None
-                splits[split].append(_NumpyOnlyUnpickler(fh, encoding="bytes").load())
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in sorted(tar.getmembers(), key=lambda m: m.name):
+                base = Path(member.name).name
+                split = "train" if base.startswith("data_batch") else "test" if base == "test_batch" else None
+                fh = tar.extractfile(member) if split else None
+                if fh is not None:
+                    splits[split].append(_NumpyOnlyUnpickler(fh, encoding="bytes").load())
+    except (tarfile.TarError, EOFError, zlib.error, pickle.UnpicklingError) as exc:
+        raise DataError(f"{archive}: not a readable CIFAR-10 .tar.gz ({str(exc) or type(exc).__name__}); "
+                        "download it again (--download DIR checks its MD5)") from None
     if not splits["train"] or not splits["test"]:
         raise DataError(f"{archive}: not a CIFAR-10 python archive (no data_batch_* / test_batch)")
 
@@ -293,15 +326,18 @@ def download(url: str, dest: Path, md5: str) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file() and md5sum(dest) == md5:
         return dest
-    tmp = dest.with_name(dest.name + ".part")
-    with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-        while chunk := response.read(1 << 20):
-            out.write(chunk)
-    got = md5sum(tmp)
-    if got != md5:
-        tmp.unlink()
-        raise DataError(f"{url}: MD5 mismatch (got {got}, expected {md5}); the download was removed")
-    os.replace(tmp, dest)
+    try:
+        with replacing(dest, suffix=".part") as tmp:     # a failed or bad download leaves nothing
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+            got = md5sum(tmp)
+            if got != md5:
+                raise DataError(f"{url}: MD5 mismatch (got {got}, expected {md5}); the download was removed")
+    except OSError as exc:      # no network (URLError), a timeout, a full disk
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        raise DataError(f"cannot download {url} into {dest.parent}: {reason}; without a network, copy "
+                        f"{dest.name} into {dest.parent} (or give --data a CIFAR-10 folder)") from None
     return dest
 
 
@@ -434,8 +470,11 @@ class StreamingImages(torch.utils.data.Dataset):
     def loader(self, batches: list[torch.Tensor], workers: int, pin: bool = False) -> torch.utils.data.DataLoader:
         """One batch per tensor of indices, in order (the epoch's permutation: resumable);
         ``pin``: page-locked batches for asynchronous copies to a GPU."""
+        # its own generator: the workers' base seed is not drawn from the global RNG that dropout
+        # uses, so a run resumed mid-epoch (a new loader) draws the same dropout masks
         return torch.utils.data.DataLoader(self, batch_sampler=[b.tolist() for b in batches if len(b)],
-                                           num_workers=workers, persistent_workers=False, pin_memory=pin)
+                                           num_workers=workers, persistent_workers=False, pin_memory=pin,
+                                           generator=torch.Generator())
 
 
 def random_subset(n: int, k: int, seed: int) -> torch.Tensor:

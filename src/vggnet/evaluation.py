@@ -23,6 +23,7 @@ from tqdm import tqdm
 from . import runtime
 from .configs import PAPER_TABLE, PROTOCOLS
 from .data import IMAGE_EXTENSIONS, DataError, read_image
+from .errors import VggnetError
 from .inference import InferenceNet
 from .model import VGG, to_dense
 from .preprocess import Preprocessing, eval_scales, rescale
@@ -83,7 +84,7 @@ class EvalModel:
         int8 fixes its activation ranges on ``calibration``, uint8 images at the crop size (see
         :func:`calibration_images`); ``compile`` torch.compiles both scoring nets (:class:`InferenceNet`)."""
         if precision == "int8" and calibration is None:
-            raise ValueError("int8 needs calibration images")
+            raise VggnetError("int8 needs calibration images")
         batches = [self.prepare(c) for c in calibration.split(64)] if calibration is not None else []
         self._nets = (InferenceNet(self.model, precision, batches, compile, device),
                       InferenceNet(self.dense, precision, batches, compile, device))
@@ -232,22 +233,24 @@ def evaluate(weights: list[str | Path], data: str | Path, protocols: list[str] |
     dev = runtime.resolve_device(device)
     precision = precision or runtime.resolve_precision("bf16", dev)
     if scales and not all(32 <= q <= MAX_INPUT for q in scales):
-        raise ValueError(f"--scales must be sides from 32 to {MAX_INPUT} px; got {scales}")
+        raise VggnetError(f"--scales must be sides from 32 to {MAX_INPUT} px; got {scales}")
+    if limit < 0 or batch_size < 1:
+        raise VggnetError(f"--limit must be >= 0 (0: every image) and the batch size >= 1; got {limit}, {batch_size}")
     protocols = list(protocols or ["single"])
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad:
-        raise ValueError(f"unknown protocol {bad[0]!r}; valid: {', '.join(PROTOCOLS)}")
+        raise VggnetError(f"unknown protocol {bad[0]!r}; valid: {', '.join(PROTOCOLS)}")
     if not weights:
-        raise ValueError("give at least one --weights file")
+        raise VggnetError("give at least one --weights file")
     if compile and precision == "int8":   # before the weights and calibration images are read
-        raise ValueError("--compile works with --precision fp32 or bf16, not int8 (FX-quantized modules)")
+        raise VggnetError("--compile works with --precision fp32 or bf16, not int8 (FX-quantized modules)")
     models = [EvalModel(*load_weights(w)) for w in weights]
     for m in models:
         m.use_precision(precision, calibration_images(Path(data), m) if precision == "int8" else None, compile, dev)
     first = models[0].meta
     for w, m in zip(weights, models):
         if m.meta.num_classes != first.num_classes:
-            raise ValueError(f"{w}: {m.meta.num_classes} classes, {weights[0]} has {first.num_classes}")
+            raise VggnetError(f"{w}: {m.meta.num_classes} classes, {weights[0]} has {first.num_classes}")
     items = list_labelled_images(Path(data), first)
     if limit and limit < len(items):   # a seeded random subset, so every class is represented
         keep = torch.randperm(len(items), generator=torch.Generator().manual_seed(0))[:limit].sort().values

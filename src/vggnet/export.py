@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
+from .errors import VggnetError, os_error
 from .extras import require
+from .files import replacing
 from .model import to_dense
 from .weights import ModelSpec, load_weights
 
@@ -24,7 +26,7 @@ def export_onnx(weights: str | Path, out: str | Path, dense: bool = False, opset
     which takes any H, W of at least its minimum; otherwise H = W = the training input size."""
     require("onnx")                      # before anything is loaded or written
     if opset < MIN_OPSET:
-        raise ValueError(f"--opset {opset}: torch's ONNX exporter writes opset {MIN_OPSET} or later")
+        raise VggnetError(f"--opset {opset}: torch's ONNX exporter writes opset {MIN_OPSET} or later")
     model, meta = load_weights(weights)
     if dense:
         model = to_dense(model)
@@ -37,12 +39,15 @@ def export_onnx(weights: str | Path, out: str | Path, dense: bool = False, opset
         dims.update({2: torch.export.Dim("height", min=model.min_input_size, max=4096),
                      3: torch.export.Dim("width", min=model.min_input_size, max=4096)})
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:   # nothing half-written left behind
-        raw = Path(tmp) / "raw.onnx"
-        torch.onnx.export(model, (example,), str(raw), input_names=["images"], output_names=["logits"],
-                          dynamic_shapes={"x": dims}, opset_version=opset, dynamo=True, verbose=False)
-        write_with_metadata(raw, out, onnx_metadata(meta, dense))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:   # nothing half-written left
+            raw = Path(tmp) / "raw.onnx"
+            torch.onnx.export(model, (example,), str(raw), input_names=["images"], output_names=["logits"],
+                              dynamic_shapes={"x": dims}, opset_version=opset, dynamo=True, verbose=False)
+            write_with_metadata(raw, out, onnx_metadata(meta, dense))
+    except OSError as exc:      # a read-only folder, /proc, a full disk: named, nothing left behind
+        raise os_error(exc, "write", out) from None
     return out
 
 
@@ -66,6 +71,5 @@ def write_with_metadata(raw: Path, out: Path, metadata: dict[str, str]) -> None:
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    tmp = out.with_name(f".{out.name}.tmp")
-    onnx.save_model(model, str(tmp), save_as_external_data=False)
-    tmp.replace(out)
+    with replacing(out) as tmp:
+        onnx.save_model(model, str(tmp), save_as_external_data=False)

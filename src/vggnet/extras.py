@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from .errors import VggnetError
+
 # extra -> (what it enables, the modules it needs)
 EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "onnx": ("vggnet export (ONNX)", ("onnx", "onnxscript")),
@@ -16,7 +18,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-class MissingExtra(ValueError):
+class MissingExtra(VggnetError):
     """An optional feature whose package is not installed; the message says what to install."""
 
 

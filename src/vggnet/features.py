@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import VggnetError
 from .model import VGG
 from .preprocess import TORCHVISION_PREPROCESSING, Preprocessing
 from .weights import ModelSpec, load_weights
@@ -38,7 +39,7 @@ class PerceptualLoss(nn.Module):
         self.model = model.eval().requires_grad_(False)
         unknown = [n for n in (*content_layers, *style_layers) if n not in model.layer_names()]
         if unknown:
-            raise ValueError(f"unknown layer names {unknown}; valid: {', '.join(model.layer_names())}")
+            raise VggnetError(f"unknown layer names {unknown}; valid: {', '.join(model.layer_names())}")
         self.content_layers, self.style_layers, self.style_weight = content_layers, style_layers, style_weight
         # the model's own preprocessing; without a description, torchvision's ImageNet one
         has_own = meta is not None and meta.mean is not None

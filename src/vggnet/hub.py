@@ -14,11 +14,10 @@ import re
 import tempfile
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 from .configs import model_name
+from .errors import VggnetError
 from .extras import require
-from .files import write_text_atomic
+from .files import write_safetensors_atomic, write_text_atomic
 from .model import count_parameters
 from .weights import HUB_CONFIG, HUB_WEIGHTS, ModelSpec, WeightsError, load_weights, resolve_weights_path
 
@@ -33,10 +32,7 @@ def save_pretrained(weights: str | Path, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     run = run_folder(weights)
     write_text_atomic(directory / HUB_CONFIG, json.dumps(spec.to_dict(), indent=2))
-    tmp = directory / f".{HUB_WEIGHTS}.tmp"
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp),
-              metadata={"format": "pt"})
-    tmp.replace(directory / HUB_WEIGHTS)
+    write_safetensors_atomic(directory / HUB_WEIGHTS, model.state_dict(), {"format": "pt"})
     write_text_atomic(directory / "README.md", model_card(spec, model, run))
     return directory
 
@@ -62,7 +58,7 @@ def push(weights: str | Path, repo_id: str, private: bool = False, token: str | 
     layout; returns the repo's URL."""
     require("hub")
     if not REPO_ID.fullmatch(repo_id):
-        raise ValueError(f"--repo {repo_id!r} is not a Hub repo id (user/name)")
+        raise VggnetError(f"--repo {repo_id!r} is not a Hub repo id (user/name)")
     from huggingface_hub import HfApi
     with tempfile.TemporaryDirectory(prefix="vggnet-push-") as tmp:
         folder = save_pretrained(weights, tmp)
@@ -71,7 +67,7 @@ def push(weights: str | Path, repo_id: str, private: bool = False, token: str | 
             url = api.create_repo(repo_id, private=private, exist_ok=True)
             api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="vggnet push")
         except Exception as exc:
-            raise ValueError(f"cannot push to the Hugging Face Hub as {repo_id}: {first_line(exc)}") from None
+            raise VggnetError(f"cannot push to the Hugging Face Hub as {repo_id}: {first_line(exc)}") from None
     return str(url)
 
 

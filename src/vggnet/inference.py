@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import runtime
+from .errors import VggnetError
 from .model import VGG, fold_batchnorm
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
@@ -25,7 +26,7 @@ def quantize_int8(model: VGG, calibration: Iterable[torch.Tensor]) -> VGG:
     activations observed on ``calibration``); pooling between them stays float."""
     batches = list(calibration)
     if not batches:
-        raise ValueError("int8 quantization needs at least one calibration batch")
+        raise VggnetError("int8 quantization needs at least one calibration batch")
     with warnings.catch_warnings():   # torch.ao.quantization announces its move to torchao; it works here
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*(reduce_range will be deprecated|quantize_per_tensor).*")
@@ -56,14 +57,14 @@ class InferenceNet(nn.Module):
         super().__init__()
         self.device = torch.device(device)
         if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+            raise VggnetError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         if compile and precision == "int8":
-            raise ValueError("compile works with fp32 or bf16, not int8 (FX-quantized modules)")
+            raise VggnetError("compile works with fp32 or bf16, not int8 (FX-quantized modules)")
         if precision == "int8" and self.device.type != "cpu":
-            raise ValueError(f"int8 scoring is a CPU feature (x86 VNNI kernels), not for {self.device}: "
+            raise VggnetError(f"int8 scoring is a CPU feature (x86 VNNI kernels), not for {self.device}: "
                              "use --device cpu, or --precision bf16/fp16 on the GPU")
         if precision == "fp16" and self.device.type == "cpu":
-            raise ValueError("fp16 scoring is for GPUs; on the CPU use bf16 (where it has native bf16) or fp32")
+            raise VggnetError("fp16 scoring is for GPUs; on the CPU use bf16 (where it has native bf16) or fp32")
         self.precision = precision
         if precision == "bf16" and self.device.type == "cpu" and not runtime.bf16_supported():
             warnings.warn("bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX) is emulated: about 8x slower "

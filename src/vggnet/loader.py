@@ -21,6 +21,7 @@ from .augment import channel_stats, cutout, pca_lighting, pca_lighting_stats, ra
 from .configs import Recipe
 from .data import StreamingImages, TensorData, holdout_size, load_dataset, random_subset, split_validation
 from .distributed import World, shard
+from .errors import VggnetError
 from .preprocess import Preprocessing
 from .weights import ModelSpec, read_metadata
 
@@ -166,6 +167,17 @@ def make_loader(data: TensorData | StreamingImages, preprocess: Preprocessing, a
 Loader = TensorLoader | StreamLoader
 
 
+def check_crop(crop: int, scale: tuple[int, int] | None, image_size: int | None, data: object) -> None:
+    """A training crop is cut from the image rescaled to S (3.1), so it may not exceed the
+    smallest S; without a scale, in-memory images are cropped at their own size."""
+    if scale and crop > min(scale):
+        raise VggnetError(f"--crop-size {crop} is larger than the training scale {min(scale)} (--train-scale): "
+                          "the crop is cut from the image rescaled to S (section 3.1)")
+    if not scale and image_size and crop != image_size:
+        raise VggnetError(f"--crop-size {crop} on {data}, whose images are {image_size} px and kept at that size: "
+                          f"give --train-scale S (S >= {crop}) to rescale them first, or leave --crop-size out")
+
+
 def run_data(s: "RunSettings", world: World, generator: torch.Generator,
              out: Path) -> tuple[tuple[Loader, Loader, Loader], ModelSpec]:
     """A run's (train, validation, test) loaders and the model's description: its classes,
@@ -186,6 +198,7 @@ def run_data(s: "RunSettings", world: World, generator: torch.Generator,
     else:
         crop = r.crop_size or train.image_size or 224
         scale = r.train_scale or (None if train.image_size else (256, 256))
+        check_crop(crop, scale, train.image_size, s.data)
         sample = train.statistics_sample(2000, s.seed, crop, scale)
         mean, std = channel_stats(sample)
         lighting = pca_lighting_stats(sample) if r.lighting else None

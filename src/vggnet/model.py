@@ -17,6 +17,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .configs import CONFIGS, INITS, LRN_SETTINGS, parse_token, resolve_config, weight_layers
+from .errors import VggnetError
 
 HEADS = ("paper", "cifar", "dense")
 NormLayer = Callable[[int], nn.Module]
@@ -68,7 +69,7 @@ def make_head(head: str, in_channels: int, num_classes: int, dropout: float, wid
     pool5, the compact head of the common CIFAR VGGs (e.g. chengyangfu/pytorch-vgg-cifar10).
     """
     if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
+        raise VggnetError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
     full_width, kernel = DENSE_SHAPES[dense_from if head == "dense" else head]
     hidden = max(1, round(full_width * width))
     if head == "dense":
@@ -94,7 +95,7 @@ def init_weights(model: nn.Module, scheme: str) -> None:
     convs only, FC layers N(0, 0.01)), "he" (He et al. for the FC layers too, the last layer
     N(0, 0.01): the one that lets VGG-16 without BN start learning at once)."""
     if scheme not in INITS:
-        raise ValueError(f"unknown init {scheme!r}; valid inits: {', '.join(INITS)}")
+        raise VggnetError(f"unknown init {scheme!r}; valid inits: {', '.join(INITS)}")
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     for m in layers:
         if scheme == "paper" or (scheme == "kaiming" and isinstance(m, nn.Linear)) or (scheme == "he" and m is layers[-1]):
@@ -121,9 +122,9 @@ class VGG(nn.Module):
                  init: str = "kaiming", width: float = 1.0, dense_from: str = "paper") -> None:
         super().__init__()
         if dense_from not in DENSE_SHAPES:
-            raise ValueError(f"dense_from must be one of {', '.join(DENSE_SHAPES)}, got {dense_from!r}")
+            raise VggnetError(f"dense_from must be one of {', '.join(DENSE_SHAPES)}, got {dense_from!r}")
         if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+            raise VggnetError(f"num_classes must be at least 1, got {num_classes}")
         self.config, self.head, self.num_classes = config, head, num_classes
         self.batch_norm, self.width, self.dropout = norm_layer is not None, width, dropout
         self.dense_from = dense_from if head == "dense" else head
@@ -147,9 +148,9 @@ class VGG(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected input of shape (N, 3, H, W), got {tuple(x.shape)}")
+            raise VggnetError(f"expected input of shape (N, 3, H, W), got {tuple(x.shape)}")
         if min(x.shape[-2:]) < self.min_input_size:
-            raise ValueError(f"input {tuple(x.shape[-2:])} is too small for VGG-{self.config} with the "
+            raise VggnetError(f"input {tuple(x.shape[-2:])} is too small for VGG-{self.config} with the "
                              f"{self.head!r} head: each side must be at least {self.min_input_size} px")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,7 +168,7 @@ class VGG(nn.Module):
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
         """Dense head only: the class-score map (N, classes, H/32-6, W/32-6) of section 3.2."""
         if self.head != "dense":
-            raise ValueError(f"score_map needs the 'dense' head, this model has {self.head!r}; see to_dense()")
+            raise VggnetError(f"score_map needs the 'dense' head, this model has {self.head!r}; see to_dense()")
         return self.classifier(self.forward_features(x))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,7 +202,7 @@ class VGG(nn.Module):
         wanted = list(dict.fromkeys(names))
         unknown = [n for n in wanted if n not in self.layer_names()]
         if unknown:
-            raise ValueError(f"unknown layer names {unknown}; valid: {', '.join(self.layer_names())}")
+            raise VggnetError(f"unknown layer names {unknown}; valid: {', '.join(self.layer_names())}")
         by_index = {idx: name for name, idx in self.feature_names.items()}
         out: dict[str, torch.Tensor] = {}
         self._check_input(x)
@@ -265,10 +266,10 @@ def build_model(config: str = "D", *, batch_norm: bool | None = None, num_classe
     ("vgg16_bn"); ``batch_norm`` adds BatchNorm after every conv (the ``_bn`` variants).
     ``width`` scales every channel count and FC width (1.0 is the paper's; tests use 1/16)."""
     if not 0 < width <= 4:
-        raise ValueError(f"width must be in (0, 4], got {width}")
+        raise VggnetError(f"width must be in (0, 4], got {width}")
     letter, bn = resolve_config(config, batch_norm)
     if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
+        raise VggnetError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
     return VGG(letter, norm_layer=nn.BatchNorm2d if bn else None, num_classes=num_classes,
                head=head, dropout=dropout, init=init, width=width, dense_from=dense_from)
 

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from .files import replacing  # noqa: E402
+
 
 def plot_curves(metrics: Path, out: Path) -> None:
     """Loss (training, and validation where recorded), accuracy (training on augmented
@@ -39,10 +41,11 @@ def plot_curves(metrics: Path, out: Path) -> None:
 
 def save_figure(fig: plt.Figure, out: Path) -> None:
     """Write a PNG atomically (a temporary name, then rename) and close the figure."""
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        with replacing(out, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path) -> None:

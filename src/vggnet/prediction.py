@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from . import runtime
 from .data import IMAGE_EXTENSIONS, DataError, read_image
+from .errors import VggnetError
 from .evaluation import EvalModel
 from .model import VGG
 from .weights import load_weights
@@ -41,7 +42,7 @@ def predict(target: str | Path, weights: str | Path, topk: int = 5, batch_size: 
     scored on ``device`` in fp32, bf16 or fp16 (default: bf16 where the device runs it; int8
     needs calibration data: ``vggnet eval --precision int8``), eager or torch.compiled."""
     if precision == "int8":
-        raise ValueError("predict runs in fp32, bf16 or fp16; int8 needs calibration images "
+        raise VggnetError("predict runs in fp32, bf16 or fp16; int8 needs calibration images "
                          "(vggnet eval --precision int8)")
     dev = runtime.resolve_device(device)
     precision = precision or runtime.resolve_precision("bf16", dev)
@@ -96,7 +97,7 @@ def grad_cam(model: VGG, x: torch.Tensor, class_index: int | None = None, layer:
     convs = [n for n in model.feature_names if n.startswith("conv")]
     layer = layer or convs[-1]
     if layer not in model.feature_names:
-        raise ValueError(f"unknown layer {layer!r}; valid: {', '.join(convs)}")
+        raise VggnetError(f"unknown layer {layer!r}; valid: {', '.join(convs)}")
     stop = model.feature_names[layer]
     model.eval()
     with torch.enable_grad():
@@ -120,6 +121,8 @@ def save_cam(image_path: str | Path, weights: str | Path | EvalModel, out: str |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .plots import save_figure
+
     m = weights if isinstance(weights, EvalModel) else EvalModel(*load_weights(weights))
     crop = m.preprocess.crop_images(read_image(Path(image_path))[None])
     device = next(m.model.parameters()).device
@@ -133,6 +136,5 @@ def save_cam(image_path: str | Path, weights: str | Path | EvalModel, out: str |
     ax.axis("off")
     fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, Path(out))
     return {"path": str(image_path), "class": name, "index": index, "cam": str(out)}

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms.v2.functional import resize
 
+from .errors import VggnetError
+
 # On the 0..255 scale: torchvision's ImageNet mean/std, and Caffe's (Keras "caffe" mode:
 # BGR input, mean subtracted, no scaling; the paper's own, section 2.1).
 TORCHVISION_PREPROCESSING = {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "channel_order": "RGB"}
@@ -71,7 +73,7 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.channel_order not in CHANNEL_ORDERS:
-            raise ValueError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
+            raise VggnetError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
 
     def crop_images(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) uint8 of any size -> (N, 3, crop, crop) uint8: single-scale test crop (3.2)."""

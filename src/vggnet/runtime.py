@@ -12,6 +12,8 @@ import platform
 
 import torch
 
+from .errors import VggnetError
+
 PRECISIONS = ("bf16", "fp16", "fp32")   # training autocast; inference adds int8 (vggnet.inference)
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
@@ -35,19 +37,19 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device; valid: {DEVICES}") from None
+        raise VggnetError(f"--device {name!r} is not a device; valid: {DEVICES}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: this machine has no CUDA GPU that torch {torch.__version__} can use "
+            raise VggnetError(f"--device {name}: this machine has no CUDA GPU that torch {torch.__version__} can use "
                              f"(built for CUDA {torch.version.cuda or 'none'}); use --device cpu or auto")
         index = 0 if device.index is None else device.index
         if index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+            raise VggnetError(f"--device {name}: there are {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
         return torch.device("cuda", index)
     if device.type == "mps" and not mps_available():
-        raise ValueError("--device mps: Apple's Metal (MPS) is not available here; use --device cpu or auto")
+        raise VggnetError("--device mps: Apple's Metal (MPS) is not available here; use --device cpu or auto")
     if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device {name!r} is not supported; valid: {DEVICES}")
+        raise VggnetError(f"--device {name!r} is not supported; valid: {DEVICES}")
     return device
 
 
@@ -81,7 +83,7 @@ def resolve_precision(requested: str, device: torch.device | str) -> str:
     CPU, bf16 only with native bf16 (else fp32); fp32 always as asked."""
     device = torch.device(device)
     if requested not in PRECISIONS:
-        raise ValueError(f"unknown precision {requested!r}; valid: {', '.join(PRECISIONS)}")
+        raise VggnetError(f"unknown precision {requested!r}; valid: {', '.join(PRECISIONS)}")
     if requested == "fp32":
         return "fp32"
     if device.type == "cuda":

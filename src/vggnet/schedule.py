@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .configs import Recipe
+from .errors import VggnetError
 
 
 def onecycle_lr(step: int, total: int, warmup: int, peak: float) -> float:
@@ -40,9 +41,9 @@ class Schedule:
 
     def __post_init__(self) -> None:
         if self.budget_min < 0:
-            raise ValueError(f"budget (--budget) must be minutes > 0; got {self.budget_min:g}")
+            raise VggnetError(f"budget (--budget) must be minutes > 0; got {self.budget_min:g}")
         if self.budget_min and self.recipe.schedule != "onecycle":
-            raise ValueError(f"budget (--budget) needs a recipe with a fixed-length (onecycle) schedule; recipe "
+            raise VggnetError(f"budget (--budget) needs a recipe with a fixed-length (onecycle) schedule; recipe "
                              f"{self.recipe.name!r} has schedule {self.recipe.schedule!r}: use --time-limit")
         self.lr = self.lr or self.recipe.lr
 
@@ -94,7 +95,7 @@ class Schedule:
             if epoch >= 1:
                 self.recipe = self.recipe.replace(epochs=saved_epochs)
         elif self.budget_min and epoch >= 1:
-            raise ValueError(f"{source}: the run was started without --budget and is past epoch 1, where a budget "
+            raise VggnetError(f"{source}: the run was started without --budget and is past epoch 1, where a budget "
                              "is turned into epochs; resume it without --budget (or with --epochs)")
         self.lr, self.lr_cuts = state["lr"], state["lr_cuts"]
         self.best_val, self.stale = state["best_val"], state["stale"]

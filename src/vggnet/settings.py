@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .configs import Recipe, get_recipe, model_name, resolve_config
+from .errors import VggnetError
 
 DEFAULT_CONFIG = "vgg16_bn"
 # What a resumed run may change: its length and limits, and how this machine runs it.
@@ -89,9 +90,9 @@ class RunSettings:
         from .weights import read_metadata
         spec = read_metadata(self.pretrained)
         if self.init_from:
-            raise ValueError("give --init-from (a warm start, 3.1) or pretrained weights to fine-tune, not both")
+            raise VggnetError("give --init-from (a warm start, 3.1) or pretrained weights to fine-tune, not both")
         if not 0 <= self.backbone_lr_scale <= 1:
-            raise ValueError(f"--backbone-lr-scale must be in [0, 1]; got {self.backbone_lr_scale:g}")
+            raise VggnetError(f"--backbone-lr-scale must be in [0, 1]; got {self.backbone_lr_scale:g}")
         return spec.config, spec.batch_norm, spec.width, "-finetune"
 
     def check(self) -> None:
@@ -107,7 +108,7 @@ class RunSettings:
                  "log_every": "log-every", "stop_after_steps": "stop-after-steps"}
         for name, ok, expected in rules:
             if not ok:
-                raise ValueError(f"{name.replace('_min', '')} (--{flags.get(name, name)}) must be {expected}; "
+                raise VggnetError(f"{name.replace('_min', '')} (--{flags.get(name, name)}) must be {expected}; "
                                  f"got {getattr(self, name)}")
         if self.recipe is not None:
             self.recipe.check()
@@ -141,12 +142,12 @@ def saved_settings(out: str | Path) -> RunSettings:
     out = Path(out)
     checkpoint = out / "last.safetensors"
     if not checkpoint.is_file():
-        raise ValueError(f"cannot resume: no checkpoint at {checkpoint}")
+        raise VggnetError(f"cannot resume: no checkpoint at {checkpoint}")
     saved = read_header(checkpoint).get("settings")
     if saved is None and (out / "run.json").is_file():
         saved = json.loads((out / "run.json").read_text()).get("settings")
     if saved is None:
-        raise ValueError(f"cannot resume {out}: neither its checkpoint nor a run.json records the run's settings")
+        raise VggnetError(f"cannot resume {out}: neither its checkpoint nor a run.json records the run's settings")
     settings = RunSettings.from_dict(saved)
     return dataclasses.replace(settings, out=str(out))
 
@@ -158,11 +159,11 @@ def resolve_settings(resume: bool = False, recipe: str | Recipe | None = None, *
     options = {k: v for k, v in options.items() if v is not None}
     unknown = set(options) - RECIPE_FIELDS - {f.name for f in dataclasses.fields(RunSettings)}
     if unknown:
-        raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        raise VggnetError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     changes = {k: options.pop(k) for k in RECIPE_FIELDS & set(options)}
     if resume:
         if not options.get("out"):
-            raise ValueError("--resume needs the run folder: --resume RUN_DIR (or --out RUN_DIR --resume)")
+            raise VggnetError("--resume needs the run folder: --resume RUN_DIR (or --out RUN_DIR --resume)")
         base = dataclasses.replace(saved_settings(options["out"]), **PER_PROCESS)   # limits of the stopped process end with it
         if "config" in options and "batch_norm" not in options:   # a name given again decides BN again
             options["batch_norm"] = None

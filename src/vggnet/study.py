@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .configs import PROTOCOLS, STUDY_CONFIGS, Recipe, get_recipe, resolve_config, weight_layers
+from .errors import VggnetError
 from .evaluation import evaluate
 from .files import write_text_atomic
 
@@ -68,21 +69,23 @@ def canonical_config(name: str) -> str:
     return resolve_config(name)[0]
 
 
-def train_run(run: StudyRun, out: Path, recipe: Recipe, data: str, batch_norm: bool, **settings: object) -> Path:
-    """Train one run (resuming it when a checkpoint is there, skipping it when finished)."""
+def train_run(run: StudyRun, out: Path, recipe: Recipe, data: str, batch_norm: bool,
+              **settings: object) -> tuple[Path, bool]:
+    """Train one run (resuming it when a checkpoint is there, skipping it when finished);
+    (its folder, whether it was stopped before its end)."""
     from .settings import RunSettings
     from .training import train
     folder = out / run.name
     if (folder / "results.json").is_file():
         print(f"study: {run.name} is done (skipped)", flush=True)
-        return folder
+        return folder, False
     resume = (folder / "last.safetensors").is_file()
     print(f"study: {'resuming' if resume else 'training'} {run.name}: configuration {run.config}, "
           f"{'scale jittering ' + str(list(run.train_scale)) if run.train_scale else 'fixed scale'}, seed {run.seed}",
           flush=True)
-    train(RunSettings(config=run.config, batch_norm=batch_norm, recipe=recipe.replace(train_scale=run.train_scale),
-                      data=data, out=str(folder), seed=run.seed, **settings), resume=resume)
-    return folder
+    result = train(RunSettings(config=run.config, batch_norm=batch_norm, recipe=recipe.replace(
+        train_scale=run.train_scale), data=data, out=str(folder), seed=run.seed, **settings), resume=resume)
+    return folder, bool(result.get("stopped"))
 
 
 def evaluate_run(folder: Path, data: str, limit: int) -> list[dict]:
@@ -101,16 +104,22 @@ def study(data: str, configs: list[str] | None = None, *, epochs: int = 15, seed
           **settings: object) -> dict:
     """Train, test and compare (the Python API behind ``vggnet study``); writes study.md,
     study.json and study.png into ``out``."""
+    if epochs < 1 or seeds < 1 or eval_images < 0:
+        raise VggnetError(f"--epochs and --seeds must be >= 1 and --eval-images >= 0 (0: every test image); got "
+                          f"{epochs}, {seeds}, {eval_images}")
     configs = [canonical_config(c) for c in (configs or list(STUDY_CONFIGS))]
     if not Path(data, "test").is_dir():
-        raise ValueError(f"{data}: the study needs an image folder with train/ and test/ (its protocols read test images)")
+        raise VggnetError(f"{data}: the study needs an image folder with train/ and test/ (its protocols read test images)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = (get_recipe(recipe) if isinstance(recipe, str) else recipe).replace(epochs=epochs)
     results: list[dict] = []
     model_meta: dict = {}
     for run in plan_runs(configs, seeds, jitter, canonical_config(jitter_config)):
-        folder = train_run(run, out, base, data, batch_norm, **settings)
+        folder, stopped = train_run(run, out, base, data, batch_norm, **settings)
+        if stopped:     # Ctrl-C or SIGTERM: the whole study stops; the same command continues it
+            print(f"study stopped in {run.name}; the same command continues it (finished runs are skipped)")
+            return {"stopped": True, "run": run.name}
         model_meta = model_meta or json.loads((folder / "run.json").read_text())["model"]
         for row in evaluate_run(folder, data, eval_images):
             results.append({"config": run.config, "scale": run.scale_kind, "train_scale": row_scale(run),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import VggnetError
 from .model import build_model
 
 
@@ -46,7 +47,7 @@ def summarize(config: str = "D", *, batch_norm: bool | None = None, input_size: 
         model = build_model(config, batch_norm=batch_norm, num_classes=num_classes, head=head, width=width)
     h, w = input_size
     if min(h, w) < model.min_input_size:
-        raise ValueError(f"input {h}x{w} is too small for the {head!r} head: each side must be at least "
+        raise VggnetError(f"input {h}x{w} is too small for the {head!r} head: each side must be at least "
                          f"{model.min_input_size} px")
     c, rf, jump = 3, 1, 1
     names = {idx: name for name, idx in model.feature_names.items()}
@@ -123,7 +124,7 @@ def format_summary(rows: list[LayerRow], fmt: str = "table") -> str:
             [[*header[:3], "memory_bytes", *header[4:]]] + [[v.replace(",", "") for v in row] for row in table])
         return buf.getvalue().rstrip("\n")
     if fmt != "table":
-        raise ValueError(f"unknown format {fmt!r}; valid: table, json, csv")
+        raise VggnetError(f"unknown format {fmt!r}; valid: table, json, csv")
     widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
     line = lambda row: "  ".join(v.ljust(wd) if i < 2 else v.rjust(wd) for i, (v, wd) in enumerate(zip(row, widths)))  # noqa: E731
     sep = "-" * len(line(header))

@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import runtime
-from .checkpoint import TrainState, resume_training_checkpoint, save_training_checkpoint
+from .checkpoint import TrainState, commit_epoch, resume_training_checkpoint, save_training_checkpoint
 from .configs import Recipe
 from .distributed import World, convert_sync_batchnorm, gather, setup, shard, teardown
-from .files import write_text_atomic
+from .errors import DivergedError, VggnetError
+from .files import FolderLock, remove_stale_temporaries, write_text_atomic
 from .loader import run_data
 from .model import VGG
 from .progress import Progress, summary
@@ -48,6 +49,7 @@ class Trainer:
     def __init__(self, settings: RunSettings, resume: bool = False) -> None:
         self.s = settings.resolved()     # a copy, every default rule applied
         self.out = Path(self.s.out)
+        self.lock = FolderLock(self.out)
         runtime.set_threads(self.s.threads)
         device = runtime.resolve_device(self.s.device)
         self.world: World = setup(self.s.threads, device)
@@ -57,6 +59,7 @@ class Trainer:
             self._prepare(resume)
         except BaseException:   # a bad --data or --out: leave the process group, and no folder, behind
             teardown(self.world)
+            self.lock.release()
             if created and self.world.main:
                 shutil.rmtree(self.out, ignore_errors=True)
             raise
@@ -75,10 +78,13 @@ class Trainer:
         s = self.s
         self.schedule = Schedule(s.recipe, steps_per_epoch=1, budget_min=s.budget_min)
         self._check_out_dir()
+        if self.world.main:     # one run per folder; what a killed writer left is removed under the lock
+            self.lock.acquire("training run")
+            remove_stale_temporaries(self.out)
         restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"   # torchrun brought us back
         resume = resume or (restarted and (self.out / "last.safetensors").is_file())
         if not resume and (self.out / "last.safetensors").is_file():
-            raise ValueError(f"{self.out} already holds a run (last.safetensors): add --resume to continue it, "
+            raise VggnetError(f"{self.out} already holds a run (last.safetensors): add --resume to continue it, "
                              "or choose another --out")
         runtime.fast_cpu_defaults()
         self.precision = runtime.resolve_precision(self.r.precision, self.world.device)   # what runs here
@@ -113,7 +119,7 @@ class Trainer:
         self.model = self.model.to(self.world.device, memory_format=torch.channels_last)
         self.net: torch.nn.Module = self.model    # what the step runs: the model, or DDP around it
         if not 0.0 <= r.ema < 1.0:
-            raise ValueError(f"ema (--ema) must be a decay in [0, 1), 0 for off; got {r.ema}")
+            raise VggnetError(f"ema (--ema) must be a decay in [0, 1), 0 for off; got {r.ema}")
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(r.ema), use_buffers=True)
                     if r.ema else None)
         if self.world.size > 1:
@@ -131,7 +137,7 @@ class Trainer:
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
-            raise ValueError(f"output folder {self.out} is not writable: {exc.strerror or exc}") from None
+            raise VggnetError(f"output folder {self.out} is not writable: {exc.strerror or exc}") from None
 
     @property
     def eval_model(self) -> VGG:
@@ -179,7 +185,7 @@ class Trainer:
             if not torch.isfinite(loss):
                 last = self.out / "last.safetensors"
                 where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {st.epoch + 1}, step {i + 1}, "
+                raise DivergedError(f"loss is {loss.item()} at epoch {st.epoch + 1}, step {i + 1}, "
                                          f"lr {lr:.3g}; {where} (a lower --lr, or --precision fp32, may help)")
             self.scaler.step(self.opt)      # the plain step unless fp16 scales the loss
             self.scaler.update()
@@ -266,12 +272,9 @@ class Trainer:
         if self.schedule.budget_min and st.epoch == 1:
             self.fit_to_budget(stats["train_time_s"] + stats["eval_time_s"])
         is_best = self.schedule.after_epoch(val_acc)
-        self.save_checkpoint(self.out / "last.safetensors")
-        if is_best:
-            self.save_checkpoint(self.out / "best.safetensors")
-        if self.world.main:
-            with open(self.out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(stats) + "\n")
+        st.history.append(stats)
+        st.best_epoch = st.epoch if is_best else st.best_epoch
+        commit_epoch(self, is_best)     # last, best, metrics.jsonl: in the order --resume repairs from
         self.progress.end_epoch(stats, self.remaining())
         self.board.epoch(stats)
 
@@ -296,6 +299,12 @@ class Trainer:
         self._write_run_json()
         if self.world.main:
             self.progress.say(f"budget {self.schedule.budget_min:g} min: epoch 1 took {epoch_s:.1f} s, so {epochs} epochs")
+
+    def close(self) -> None:
+        """The event file closed, the process group left, the run folder unlocked."""
+        self.board.close()
+        teardown(self.world)
+        self.lock.release()
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop_requested = True
@@ -343,7 +352,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float, decay_norm_and_bia
 def make_optimizer(model: torch.nn.Module, recipe: Recipe, backbone_lr_scale: float = 1.0) -> torch.optim.Optimizer:
     """The recipe's optimizer: SGD with momentum (3.1), optionally Nesterov's."""
     if recipe.optimizer != "sgd":
-        raise ValueError(f"unknown optimizer {recipe.optimizer!r} in recipe {recipe.name!r}; valid: sgd")
+        raise VggnetError(f"unknown optimizer {recipe.optimizer!r} in recipe {recipe.name!r}; valid: sgd")
     return torch.optim.SGD(param_groups(model, recipe.weight_decay, recipe.decay_norm_and_bias, backbone_lr_scale),
                            lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
 
@@ -387,10 +396,9 @@ def train(settings: RunSettings | None = None, *, resume: bool = False, **option
     if settings is None:
         settings = resolve_settings(resume=resume, **options)
     elif options:
-        raise ValueError("give RunSettings or keyword options, not both")
+        raise VggnetError("give RunSettings or keyword options, not both")
     trainer = Trainer(settings, resume=resume)
     try:
         return trainer.fit()
     finally:
-        trainer.board.close()
-        teardown(trainer.world)
+        trainer.close()

@@ -21,19 +21,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
 from . import runtime
-from .data import StreamingImages, cache_dir
+from .data import StreamingImages, cache_dir, read_cached, write_cached
 from .distributed import World
-from .files import file_digest, write_text_atomic
+from .errors import VggnetError
+from .checkpoint import write_metrics
+from .files import FolderLock, file_digest, remove_stale_temporaries, write_text_atomic
 from .loader import run_data
 from .model import VGG
 from .plots import confusion_figure
@@ -72,7 +74,7 @@ def frozen_modules(model: VGG, until: str | None) -> list[nn.Module]:
         return []
     names = [n for n in model.layer_names() if n != "fc8"]
     if until not in names:
-        raise ValueError(f"--freeze-until {until!r} is not a layer of VGG-{model.config}; valid: {', '.join(names)}")
+        raise VggnetError(f"--freeze-until {until!r} is not a layer of VGG-{model.config}; valid: {', '.join(names)}")
     if until in model.feature_names:
         return list(model.features[:model.feature_names[until] + 1])
     return list(model.features) + list(model.classifier[:{"fc6": 2, "fc7": 5}[until]])
@@ -112,8 +114,9 @@ def cached_features(backbone: Backbone, loaders: dict, key: str, batch_size: int
     """{"train", "train_labels", "val", ...} features of every split, computed once (bf16
     autocast where the device runs it) and kept as safetensors in the data cache under ``key``."""
     path = cache_dir() / f"features-{key}.safetensors"
-    if path.is_file():
-        return load_file(str(path))
+    cached = read_cached(path, tuple(loaders) + tuple(f"{split}_labels" for split in loaders))
+    if cached is not None:
+        return cached
     out: dict[str, torch.Tensor] = {}
     for split, loader in loaders.items():
         feats = []
@@ -125,10 +128,7 @@ def cached_features(backbone: Backbone, loaders: dict, key: str, batch_size: int
                 bar.update(len(x))
         out[split] = torch.cat(feats) if feats else torch.zeros(0)
         out[f"{split}_labels"] = loader.labels
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in out.items()}, str(tmp))
-    tmp.replace(path)
+    write_cached(path, out)
     return out
 
 
@@ -145,9 +145,9 @@ class LinearRun:
     label_smoothing: float = 0.1
     seed: int = 0
 
-    def train_head(self, out: Path) -> tuple[list[dict], dict | None]:
-        """SGD with Nesterov momentum, one-cycle schedule (a warm-up epoch); per epoch a line of
-        metrics.jsonl; returns them and the state of the best-validation head."""
+    def train_head(self) -> tuple[list[dict], dict | None]:
+        """SGD with Nesterov momentum, one-cycle schedule (a warm-up epoch); the metrics of
+        every epoch (metrics.jsonl's lines) and the state of the best-validation head."""
         x, y = self.features["train"], self.features["train_labels"]
         steps = max(1, -(-len(y) // self.batch_size))
         opt = torch.optim.SGD(self.head.parameters(), lr=self.lr, momentum=0.9, nesterov=True,
@@ -174,8 +174,6 @@ class LinearRun:
             val_acc = self.accuracy("val") if len(self.features["val_labels"]) else train_acc
             rows.append({"epoch": epoch + 1, "train_loss": loss_sum / len(y), "train_acc": train_acc,
                          "val_acc": val_acc, "lr": lr, "train_time_s": time.perf_counter() - t0})
-            with open(out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(rows[-1]) + "\n")
             if val_acc > best_val:
                 best_val, best = val_acc, {k: v.clone() for k, v in self.head.state_dict().items()}
         return rows, best
@@ -192,20 +190,36 @@ class LinearRun:
 def linear_finetune(settings: RunSettings, cut: str = "fc7") -> dict:
     """The linear mode end to end: features cached, head trained, an ordinary run folder written."""
     if cut not in CUTS:
-        raise ValueError(f"--features must be one of {', '.join(CUTS)}; got {cut!r}")
+        raise VggnetError(f"--features must be one of {', '.join(CUTS)}; got {cut!r}")
     s = settings.resolved()
     out = Path(s.out)
     if (out / "last.safetensors").is_file():
-        raise ValueError(f"{out} already holds a run (last.safetensors): choose another --out")
+        raise VggnetError(f"{out} already holds a run (last.safetensors): choose another --out")
     torch.manual_seed(s.seed)
     runtime.set_threads(s.threads)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out).acquire("fine-tuning run")
+    remove_stale_temporaries(out)
+    try:
+        return _linear_run(s, out, cut)
+    except BaseException:   # nothing here resumes (the features stay cached): no half-written folder left
+        lock.release()
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
+
+
+def _linear_run(s: RunSettings, out: Path, cut: str) -> dict:
+    """Features, head, report: the linear mode's steps, in a folder already locked."""
     device = runtime.resolve_device(s.device)
     runtime.use_device(device)
     (train, val, test), spec = run_data(s, World(device=str(device)), torch.Generator().manual_seed(s.seed + 1), out)
     model = pretrained_model(s.pretrained, spec).to(device)
     if cut == "fc7" and model.head == "dense":
-        raise ValueError("a dense-head net has no fc7 vector; use --features pool5")
+        raise VggnetError("a dense-head net has no fc7 vector; use --features pool5")
     key = hashlib.sha256(json.dumps([file_digest(Path(s.pretrained)), listing_key(train, val, test),
                                      dataclasses.asdict(spec.preprocessing), cut, runtime.bf16_supported()]
                                     ).encode()).hexdigest()[:20]
@@ -219,7 +233,8 @@ def linear_finetune(settings: RunSettings, cut: str = "fc7") -> dict:
     r = s.recipe
     run = LinearRun(features, head_of(model, cut), r.epochs, r.lr, r.batch_size, r.weight_decay, r.label_smoothing,
                     s.seed)
-    rows, best = run.train_head(out)
+    rows, best = run.train_head()
+    write_metrics(out / "metrics.jsonl", rows)      # seconds of training: written once, whole
     board = RunBoard(out, True, print)
     for row in rows:
         board.epoch(row)
@@ -285,9 +300,9 @@ def finetune(weights: str | Path, data: str | Path | None = None, *, mode: str =
     from .settings import resolve_settings
     from .training import train
     if mode not in MODES:
-        raise ValueError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
+        raise VggnetError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
     if mode == "linear" and options.get("freeze_until") is not None:
-        raise ValueError("--freeze-until is for --mode full; --mode linear freezes up to --features")
+        raise VggnetError("--freeze-until is for --mode full; --mode linear freezes up to --features")
     resume = bool(options.pop("resume", False))
     settings = resolve_settings(resume=resume, pretrained=str(weights), data=None if data is None else str(data),
                                 recipe=None if resume else "finetune", **options)

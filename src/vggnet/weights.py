@@ -20,16 +20,18 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
 from .configs import CONFIGS
+from .errors import VggnetError
+from .files import write_safetensors_atomic
 from .model import DENSE_SHAPES, HEADS, VGG, build_model, init_weights
 from .preprocess import CHANNEL_ORDERS, Preprocessing, eval_scales
 
 MAX_CLASSES, MAX_INPUT = 100_000, 4096
 
 
-class WeightsError(ValueError):
+class WeightsError(VggnetError):
     """A weights file that is missing, not ours, or inconsistent; the message names it."""
 
 
@@ -163,23 +165,13 @@ def describe(model: VGG, classes: list[str] | None = None, **fields: object) -> 
 
 # ---- the one writer and the one reader ------------------------------------------------------
 def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], header: dict) -> Path:
-    """Write safetensors atomically: a temporary file, fsync, then rename over ``path``,
-    so an interrupted write leaves the previous file whole."""
+    """Write safetensors atomically (:func:`vggnet.files.write_safetensors_atomic`), so an
+    interrupted write leaves the previous file whole; OSError when the disk refuses it."""
     path = Path(path)
     if path.is_dir() or str(path).endswith(os.sep):
         raise WeightsError(f"{path}: a folder; give the weights file's name (e.g. {path / 'model.safetensors'})")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"vggnet": json.dumps(header)})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_safetensors_atomic(path, tensors, {"vggnet": json.dumps(header)})
 
 
 def read_header(path: str | Path) -> dict:
@@ -262,11 +254,25 @@ def load_weights(path: str | Path) -> tuple[VGG, ModelSpec]:
     model = spec.build()
     tensors = load_file(str(path))
     state = tensors if hub_config(path) else {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise WeightsError(f"{path}: weights do not fit the model its metadata describes: {str(exc)[:300]}") from None
+    load_matching(model, state, path, "the model its metadata describes")
     return model.eval(), spec
+
+
+def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor], source: object,
+                  target: str = "this model") -> None:
+    """``model.load_state_dict(state)``, or WeightsError naming ``source``, the first tensor
+    that differs and both shapes (another width or class count), or the names missing."""
+    own = model.state_dict()
+    for name, tensor in state.items():
+        if name in own and own[name].shape != tensor.shape:
+            raise WeightsError(f"{source}: {name} has shape {tuple(tensor.shape)}, {target} needs "
+                               f"{tuple(own[name].shape)} (another width or number of classes?)")
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        raise WeightsError(f"{source}: weights do not fit {target}: "
+                           + "; ".join(f"{what} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                                       for what, names in (("missing", missing), ("unexpected", extra)) if names))
+    model.load_state_dict(state)
 
 
 def imagenet_classes() -> tuple[list[str], list[str]]:
@@ -288,7 +294,7 @@ def warm_start(model: VGG, source: str | Path) -> list[str]:
     drawn from N(0, 0.01). Returns the names of the layers copied."""
     src_model, spec = load_weights(source)
     if (spec.config, spec.batch_norm, spec.head) == (model.config, model.batch_norm, model.head):
-        model.load_state_dict(src_model.state_dict())
+        load_matching(model, src_model.state_dict(), source)
         return model.layer_names()
     if spec.config not in ("A", "A-LRN"):
         raise WeightsError(f"{source}: warm start copies from configuration A or from the same net "
