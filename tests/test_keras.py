@@ -76,3 +76,19 @@ def test_convert_cli_and_bad_files(tmp_path, capsys):
         f["dense"].create_dataset("dense/kernel:0", data=np.zeros((3, 2), np.float32))
     with pytest.raises(WeightsError, match="expected Keras VGG16 or VGG19"):
         convert_keras(tmp_path / "mlp.h5", tmp_path / "o.safetensors")
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 3), (3, 3, 3, 32)])
+def test_a_kernel_of_another_shape_is_one_line(tmp_path, keras_model, capsys, shape):
+    """A kernel of another rank, or of another width: `vggnet convert` names the file, no traceback."""
+    path = tmp_path / "w_tf_dim_ordering_tf_kernels.h5"
+    write_classic_h5(keras_model, path)
+    with h5py.File(path, "a") as f:
+        del f["block1_conv1"]["block1_conv1/kernel:0"]
+        f["block1_conv1"].create_dataset("block1_conv1/kernel:0", data=np.zeros(shape, np.float32))
+    assert main(["convert", str(path), "--out", str(tmp_path / "w.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vggnet convert: error: {path}: ") and err.count("\n") == 1
+    assert ("layer shapes are not a Keras VGG's" if len(shape) == 3 else
+            "features.0.weight has shape (32, 3, 3, 3), this model needs (64, 3, 3, 3)") in err
+    assert not (tmp_path / "w.safetensors").exists()

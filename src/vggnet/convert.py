@@ -96,6 +96,10 @@ def _keras_errors(path: Path):
         yield
     except KeyError as exc:
         raise WeightsError(f"{path}: incomplete Keras weights file ({exc})") from None
+    except (RuntimeError, ValueError, IndexError) as exc:
+        if isinstance(exc, WeightsError):
+            raise
+        raise WeightsError(f"{path}: layer shapes are not a Keras VGG's ({str(exc).splitlines()[0][:200]})") from None
 
 
 def _keras_layer_names(layers: dict[str, list]) -> dict[str, list]:
@@ -130,19 +134,20 @@ def convert_keras(src: str | Path, out: str | Path) -> Path:
     num_classes = int(layers["predictions"][0].shape[1])
     model = build_model(config, num_classes=num_classes)
     state = model.state_dict()
-    conv_keys = [k for k in state if k.startswith("features.") and k.endswith(".weight")]
-    for key, name in zip(conv_keys, convs):
-        kernel, bias = layers[name]
-        state[key] = torch.from_numpy(kernel).permute(3, 2, 0, 1).contiguous()        # HWIO -> OIHW
-        state[key.replace("weight", "bias")] = torch.from_numpy(bias)
-    fc1 = torch.from_numpy(layers["fc1"][0])                                          # (h*w*c, 4096)
-    side = int(round((fc1.shape[0] // 512) ** 0.5))
-    if side != 7:
-        raise WeightsError(f"{src}: fc1 reads a {side}x{side} map; only 224x224 Keras models convert")
-    fc1 = fc1.reshape(7, 7, 512, -1).permute(2, 0, 1, 3).reshape(7 * 7 * 512, -1)     # rows (h, w, c) -> (c, h, w)
-    for idx, name, kernel in ((0, "fc1", fc1), (3, "fc2", None), (6, "predictions", None)):
-        k = kernel if kernel is not None else torch.from_numpy(layers[name][0])
-        state[f"classifier.{idx}.weight"] = k.T.contiguous()
-        state[f"classifier.{idx}.bias"] = torch.from_numpy(layers[name][1])
+    with _keras_errors(src):     # a layer of another rank or size: named, not a torch traceback
+        conv_keys = [k for k in state if k.startswith("features.") and k.endswith(".weight")]
+        for key, name in zip(conv_keys, convs):
+            kernel, bias = layers[name]
+            state[key] = torch.from_numpy(kernel).permute(3, 2, 0, 1).contiguous()        # HWIO -> OIHW
+            state[key.replace("weight", "bias")] = torch.from_numpy(bias)
+        fc1 = torch.from_numpy(layers["fc1"][0])                                          # (h*w*c, 4096)
+        side = int(round((fc1.shape[0] // 512) ** 0.5))
+        if side != 7:
+            raise WeightsError(f"{src}: fc1 reads a {side}x{side} map; only 224x224 Keras models convert")
+        fc1 = fc1.reshape(7, 7, 512, -1).permute(2, 0, 1, 3).reshape(7 * 7 * 512, -1)     # rows (h, w, c) -> (c, h, w)
+        for idx, name, kernel in ((0, "fc1", fc1), (3, "fc2", None), (6, "predictions", None)):
+            k = kernel if kernel is not None else torch.from_numpy(layers[name][0])
+            state[f"classifier.{idx}.weight"] = k.T.contiguous()
+            state[f"classifier.{idx}.bias"] = torch.from_numpy(layers[name][1])
     load_matching(model, state, src)
     return save_imagenet_weights(out, model, "keras", CAFFE_PREPROCESSING)
