@@ -246,7 +246,12 @@ def test_output_paths_that_are_folders_and_old_opsets_are_one_line(tmp_path, cap
     assert "a folder; give the weights file's name" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "vgg11.pth", "w.safetensors"]   # nothing stray
     assert main(["export", "--weights", str(w), "--onnx", str(tmp_path / "m.onnx"), "--opset", "5"]) == 2
-    assert "--opset 5: torch's ONNX exporter writes opset 18 or later" in capsys.readouterr().err
+    assert "--opset 5: torch's ONNX exporter writes opsets 18 to " in capsys.readouterr().err
+    assert main(["export", "--weights", str(w), "--onnx", str(tmp_path / "m.onnx"), "--opset", "99"]) == 2
+    assert "--opset 99: torch's ONNX exporter writes opsets 18 to " in capsys.readouterr().err   # not opset 18 in silence
+    assert not (tmp_path / "m.onnx").exists()
+    assert main(["predict", "--weights", str(w), str(tmp_path), "--top", "0"]) == 2
+    assert "--top and the batch size must be >= 1; got 0" in capsys.readouterr().err
     assert main(["eval", "--weights", str(w), "--data", str(tmp_path), "--scales", "100000"]) == 2
     assert "--scales must be sides from 32 to 4096 px" in capsys.readouterr().err
 

@@ -31,6 +31,13 @@ def save_imagenet_weights(out: str | Path, model: VGG, source: str, preprocessin
     return save_weights(out, model, describe(model, classes, **fields))
 
 
+def existing(src: str | Path) -> Path:
+    """``src`` as a Path, or WeightsError if there is no such file."""
+    if not Path(src).is_file():
+        raise WeightsError(f"{src}: no such file")
+    return Path(src)
+
+
 def _torchvision_layout(state: dict[str, torch.Tensor], source: Path) -> tuple[str, bool, int]:
     """Infer (configuration, batch_norm, num_classes) from a torchvision VGG state dict."""
     convs = sorted({int(m.group(1)) for k in state if (m := re.fullmatch(r"features\.(\d+)\.weight", k))
@@ -45,7 +52,7 @@ def _torchvision_layout(state: dict[str, torch.Tensor], source: Path) -> tuple[s
 def convert_torchvision(src: str | Path, out: str | Path) -> Path:
     """torchvision ``vgg*.pth`` (any of the eight builders) to our format, with ImageNet
     class names and torchvision's preprocessing when it has 1,000 classes."""
-    src = Path(src)
+    src = existing(src)
     try:
         state = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses code: UnpicklingError and friends
@@ -124,7 +131,7 @@ def convert_keras(src: str | Path, out: str | Path) -> Path:
     """Keras ``VGG16``/``VGG19`` weights to ours: kernels HWIO -> OIHW, Dense (in, out) ->
     (out, in), fc1's rows reordered from Keras's channels-last flatten (h, w, c) to ours
     (c, h, w); Caffe preprocessing (BGR, mean subtraction, no scaling) recorded."""
-    src = Path(src)
+    src = existing(src)
     layers = _keras_arrays(src)
     convs = sorted((n for n in layers if re.fullmatch(r"block\d_conv\d", n)), key=lambda n: (n[5], n[-1]))
     config = config_with_convs(len(convs), among=KERAS_CONFIGS)

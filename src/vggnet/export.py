@@ -25,8 +25,10 @@ def export_onnx(weights: str | Path, out: str | Path, dense: bool = False, opset
     output "logits" (N, classes). ``dense`` exports the fully convolutional form (3.2),
     which takes any H, W of at least its minimum; otherwise H = W = the training input size."""
     require("onnx")                      # before anything is loaded or written
-    if opset < MIN_OPSET:
-        raise VggnetError(f"--opset {opset}: torch's ONNX exporter writes opset {MIN_OPSET} or later")
+    import onnx
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise VggnetError(f"--opset {opset}: torch's ONNX exporter writes opsets {MIN_OPSET} to "
+                          f"{onnx.defs.onnx_opset_version()} (the newest the installed onnx knows)")
     model, meta = load_weights(weights)
     if dense:
         model = to_dense(model)
@@ -45,7 +47,7 @@ def export_onnx(weights: str | Path, out: str | Path, dense: bool = False, opset
             raw = Path(tmp) / "raw.onnx"
             torch.onnx.export(model, (example,), str(raw), input_names=["images"], output_names=["logits"],
                               dynamic_shapes={"x": dims}, opset_version=opset, dynamo=True, verbose=False)
-            write_with_metadata(raw, out, onnx_metadata(meta, dense))
+            write_with_metadata(raw, out, onnx_metadata(meta, dense), opset)
     except OSError as exc:      # a read-only folder, /proc, a full disk: named, nothing left behind
         raise os_error(exc, "write", out) from None
     return out
@@ -64,10 +66,15 @@ def onnx_metadata(spec: ModelSpec, dense: bool) -> dict[str, str]:
             "config": spec.config, "dense": str(dense).lower()}
 
 
-def write_with_metadata(raw: Path, out: Path, metadata: dict[str, str]) -> None:
-    """``raw`` with ``metadata`` added, written as one file (weights inside: under 2 GB for every VGG)."""
+def write_with_metadata(raw: Path, out: Path, metadata: dict[str, str], opset: int) -> None:
+    """``raw`` with ``metadata`` added, written as one file (weights inside: under 2 GB for
+    every VGG), if the exporter wrote the ``opset`` asked for."""
     import onnx
     model = onnx.load(str(raw))                  # reads the exporter's external .data file, if any
+    wrote = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if wrote != [opset]:   # the exporter falls back to its own opset when it cannot convert
+        raise VggnetError(f"--opset {opset}: torch's exporter could not convert the graph to it (it wrote opset "
+                          f"{wrote[0] if wrote else '?'}); give that --opset")
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
