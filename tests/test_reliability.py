@@ -415,3 +415,21 @@ def test_archives_downloads_and_mismatched_weights_are_one_line(tmp_path, capsys
     assert "--crop-size 1000 on" in capsys.readouterr().err
     assert main(["eval", "--weights", str(w), "--data", str(data), "--limit", "-3"]) == 2
     assert "--limit must be >= 0" in capsys.readouterr().err
+
+
+def test_a_start_that_loses_the_race_for_a_new_folder_leaves_it_to_the_winner(tmp_path, monkeypatch, capsys):
+    """Two runs start into the same new folder: the one refused by the lock must not delete
+    the folder the other is training into (a failed start removes only a folder it owns)."""
+    from vggnet.files import FolderLock
+    from vggnet.training import Trainer
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=6)
+    real, other = Trainer._check_out_dir, []
+
+    def check_out_dir(self):
+        real(self)
+        other.append(FolderLock(self.out).acquire())          # the other run took the new folder meanwhile
+        (self.out / "metrics.jsonl").write_text("theirs\n")
+    monkeypatch.setattr(Trainer, "_check_out_dir", check_out_dir)
+    assert main(tiny_args(data, tmp_path / "new")) == 2
+    assert "is in use by another vggnet training run" in capsys.readouterr().err
+    assert (tmp_path / "new" / "metrics.jsonl").read_text() == "theirs\n"

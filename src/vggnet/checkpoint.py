@@ -186,26 +186,26 @@ def resume_training_checkpoint(trainer: "Trainer", path: Path) -> None:
     if (m["config"], m["batch_norm"], m["num_classes"]) != (trainer.spec.config, trainer.spec.batch_norm,
                                                             trainer.spec.num_classes):
         raise VggnetError(f"{path}: checkpoint is config {m['config']} bn={m['batch_norm']} with {m['num_classes']} "
-                         f"classes, the run wants {trainer.spec.config} bn={trainer.spec.batch_norm} with "
-                         f"{trainer.spec.num_classes}")
+                          f"classes, the run wants {trainer.spec.config} bn={trainer.spec.batch_norm} with "
+                          f"{trainer.spec.num_classes}")
     if (trainer.ema is not None) != ("train" in groups):
         raise VggnetError(f"{path}: checkpoint was trained {'with' if 'train' in groups else 'without'} a moving "
-                         f"average of the weights (ema); resume it with the recipe it was started with")
+                          f"average of the weights (ema); resume it with the recipe it was started with")
     trainer.schedule.load_state_dict(st, m.get("recipe", {}).get("epochs", trainer.r.epochs), st["epoch"], path)
     changed = recipe_changes(m.get("recipe", {}), trainer.r)
     if changed:
         raise VggnetError(f"{path}: the run was started with another recipe ({changed}); resume it with the "
-                         "options it was started with (see its run.json), or train into a new --out")
+                          "options it was started with (see its run.json), or train into a new --out")
     if "settings" in header:
         changed = settings_changes(RunSettings.from_dict(header["settings"]), trainer.s)
         if changed:
             raise VggnetError(f"{path}: the run was started with other settings ({changed}); resume it with "
-                             "`vggnet train --resume RUN_DIR` alone, or train into a new --out")
+                              "`vggnet train --resume RUN_DIR` alone, or train into a new --out")
     perm = restore_tensors(groups, trainer.model, trainer.ema, trainer.opt, trainer.gen)
     trainer.state = TrainState.restore(st, perm, trainer.out)
     if trainer.world.main:
         repair_run_folder(trainer.out, trainer.state)
     if trainer.schedule.finished(trainer.state.epoch) and (trainer.out / "results.json").is_file():
         raise VggnetError(f"{trainer.out} is finished ({trainer.state.epoch} of {trainer.r.epochs} epochs): "
-                         f"give --epochs above {trainer.r.epochs} to continue it, or see its results.json")
+                          f"give --epochs above {trainer.r.epochs} to continue it, or see its results.json")
     trainer.progress.say(f"resuming {trainer.out} at epoch {trainer.state.epoch + 1} of {trainer.r.epochs}")

@@ -106,6 +106,10 @@ class FolderLock:
         self.fh = fh
         return self
 
+    @property
+    def held(self) -> bool:
+        return self.fh is not None
+
     def release(self) -> None:
         if self.fh is not None:
             self.fh.close()     # closing the file drops the flock

@@ -62,7 +62,7 @@ class InferenceNet(nn.Module):
             raise VggnetError("compile works with fp32 or bf16, not int8 (FX-quantized modules)")
         if precision == "int8" and self.device.type != "cpu":
             raise VggnetError(f"int8 scoring is a CPU feature (x86 VNNI kernels), not for {self.device}: "
-                             "use --device cpu, or --precision bf16/fp16 on the GPU")
+                              "use --device cpu, or --precision bf16/fp16 on the GPU")
         if precision == "fp16" and self.device.type == "cpu":
             raise VggnetError("fp16 scoring is for GPUs; on the CPU use bf16 (where it has native bf16) or fp32")
         self.precision = precision

@@ -151,7 +151,7 @@ class VGG(nn.Module):
             raise VggnetError(f"expected input of shape (N, 3, H, W), got {tuple(x.shape)}")
         if min(x.shape[-2:]) < self.min_input_size:
             raise VggnetError(f"input {tuple(x.shape[-2:])} is too small for VGG-{self.config} with the "
-                             f"{self.head!r} head: each side must be at least {self.min_input_size} px")
+                              f"{self.head!r} head: each side must be at least {self.min_input_size} px")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, 512, H/32, W/32): the conv stack up to pool5. With

@@ -43,7 +43,7 @@ def predict(target: str | Path, weights: str | Path, topk: int = 5, batch_size: 
     needs calibration data: ``vggnet eval --precision int8``), eager or torch.compiled."""
     if precision == "int8":
         raise VggnetError("predict runs in fp32, bf16 or fp16; int8 needs calibration images "
-                         "(vggnet eval --precision int8)")
+                          "(vggnet eval --precision int8)")
     if topk < 1 or batch_size < 1:
         raise VggnetError(f"--top and the batch size must be >= 1; got {topk}, {batch_size}")
     dev = runtime.resolve_device(device)

@@ -41,7 +41,7 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise VggnetError(f"--device {name}: this machine has no CUDA GPU that torch {torch.__version__} can use "
-                             f"(built for CUDA {torch.version.cuda or 'none'}); use --device cpu or auto")
+                              f"(built for CUDA {torch.version.cuda or 'none'}); use --device cpu or auto")
         index = 0 if device.index is None else device.index
         if index >= torch.cuda.device_count():
             raise VggnetError(f"--device {name}: there are {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")

@@ -44,7 +44,7 @@ class Schedule:
             raise VggnetError(f"budget (--budget) must be minutes > 0; got {self.budget_min:g}")
         if self.budget_min and self.recipe.schedule != "onecycle":
             raise VggnetError(f"budget (--budget) needs a recipe with a fixed-length (onecycle) schedule; recipe "
-                             f"{self.recipe.name!r} has schedule {self.recipe.schedule!r}: use --time-limit")
+                              f"{self.recipe.name!r} has schedule {self.recipe.schedule!r}: use --time-limit")
         self.lr = self.lr or self.recipe.lr
 
     def lr_at(self, step: int) -> float:
@@ -96,6 +96,6 @@ class Schedule:
                 self.recipe = self.recipe.replace(epochs=saved_epochs)
         elif self.budget_min and epoch >= 1:
             raise VggnetError(f"{source}: the run was started without --budget and is past epoch 1, where a budget "
-                             "is turned into epochs; resume it without --budget (or with --epochs)")
+                              "is turned into epochs; resume it without --budget (or with --epochs)")
         self.lr, self.lr_cuts = state["lr"], state["lr_cuts"]
         self.best_val, self.stale = state["best_val"], state["stale"]

@@ -109,7 +109,7 @@ class RunSettings:
         for name, ok, expected in rules:
             if not ok:
                 raise VggnetError(f"{name.replace('_min', '')} (--{flags.get(name, name)}) must be {expected}; "
-                                 f"got {getattr(self, name)}")
+                                  f"got {getattr(self, name)}")
         if self.recipe is not None:
             self.recipe.check()
         from .runtime import resolve_device

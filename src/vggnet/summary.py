@@ -48,7 +48,7 @@ def summarize(config: str = "D", *, batch_norm: bool | None = None, input_size: 
     h, w = input_size
     if min(h, w) < model.min_input_size:
         raise VggnetError(f"input {h}x{w} is too small for the {head!r} head: each side must be at least "
-                         f"{model.min_input_size} px")
+                          f"{model.min_input_size} px")
     c, rf, jump = 3, 1, 1
     names = {idx: name for name, idx in model.feature_names.items()}
     rows: list[LayerRow] = []

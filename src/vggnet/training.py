@@ -59,8 +59,9 @@ class Trainer:
             self._prepare(resume)
         except BaseException:   # a bad --data or --out: leave the process group, and no folder, behind
             teardown(self.world)
+            ours = created and self.lock.held    # not a folder another run made and locked meanwhile
             self.lock.release()
-            if created and self.world.main:
+            if ours:
                 shutil.rmtree(self.out, ignore_errors=True)
             raise
 
@@ -85,7 +86,7 @@ class Trainer:
         resume = resume or (restarted and (self.out / "last.safetensors").is_file())
         if not resume and (self.out / "last.safetensors").is_file():
             raise VggnetError(f"{self.out} already holds a run (last.safetensors): add --resume to continue it, "
-                             "or choose another --out")
+                              "or choose another --out")
         runtime.fast_cpu_defaults()
         self.precision = runtime.resolve_precision(self.r.precision, self.world.device)   # what runs here
         torch.manual_seed(s.seed)
