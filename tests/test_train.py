@@ -63,6 +63,19 @@ def test_paper_recipe_cuts_lr_on_plateau(dataset, tmp_path):
     assert schedule.lr == pytest.approx(0.005) and schedule.lr_cuts == 1
 
 
+def test_paper_recipe_stops_when_validation_stalls_after_the_third_cut():
+    """3.1: "the learning rate was decreased 3 times": a stall after the third cut ends the
+    run (it cut on forever before, down to lr 1e-38 in 74 epochs)."""
+    from vggnet.schedule import Schedule
+    schedule = Schedule(get_recipe("paper"), steps_per_epoch=1)
+    epochs = 0
+    while not schedule.finished(epochs) and epochs < 100:
+        schedule.after_epoch(0.5 if epochs == 0 else 0.4)    # never better than epoch 1
+        epochs += 1
+    assert (schedule.lr_cuts, epochs) == (3, 1 + 4 * 2)      # cuts after epochs 3, 5, 7; stalled at 9
+    assert schedule.lr == pytest.approx(0.01 * 1e-3)
+
+
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(path)[0]["model"]
 

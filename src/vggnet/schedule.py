@@ -61,10 +61,10 @@ class Schedule:
         r = self.recipe
         improved = val_acc > self.best_val
         self.stale = 0 if improved else self.stale + 1
-        if r.schedule == "plateau" and self.stale >= r.plateau_patience:
+        if r.schedule == "plateau" and self.stale >= r.plateau_patience and self.lr_cuts < r.max_lr_cuts:
             self.lr *= r.plateau_factor
             self.lr_cuts += 1
-            self.stale = 0
+            self.stale = 0      # after the last cut, a stall ends the run instead (finished)
         self.best_val = max(self.best_val, val_acc)
         return improved
 
@@ -73,7 +73,7 @@ class Schedule:
         r = self.recipe
         if epoch >= r.epochs:
             return True
-        return r.schedule == "plateau" and self.lr_cuts > r.max_lr_cuts - 1 and self.stale >= r.plateau_patience
+        return r.schedule == "plateau" and self.lr_cuts >= r.max_lr_cuts and self.stale >= r.plateau_patience
 
     def fit_to_budget(self, epoch_s: float) -> int:
         """Set the length to the epochs that fit the budget at ``epoch_s`` per epoch. With a
