@@ -433,3 +433,45 @@ def test_a_start_that_loses_the_race_for_a_new_folder_leaves_it_to_the_winner(tm
     assert main(tiny_args(data, tmp_path / "new")) == 2
     assert "is in use by another vggnet training run" in capsys.readouterr().err
     assert (tmp_path / "new" / "metrics.jsonl").read_text() == "theirs\n"
+
+
+def test_a_batch_too_large_for_memory_is_refused_naming_a_micro_batch_that_fits(tmp_path, monkeypatch, capsys):
+    """The kernel kills a run that runs out of RAM without a word: the step's memory is
+    checked before the first step, and the message names the --micro-batch that fits."""
+    from vggnet.summary import step_memory
+    from vggnet.weights import ModelSpec
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=40)            # 72 training images
+    spec = ModelSpec("A", False, head="cifar", num_classes=2, width=1 / 16, input_size=32)
+    need_64, fits_8 = step_memory(spec, 64, "bf16")[0], step_memory(spec, 8, "bf16")[1]
+    assert fits_8 / 0.9 < need_64
+    available = (need_64 + int(fits_8 / 0.9)) // 2
+    monkeypatch.setattr("vggnet.runtime.available_memory", lambda device: available)
+    monkeypatch.setattr("vggnet.runtime.resolve_precision", lambda requested, device: "bf16")
+    args = tiny_args(data, tmp_path / "run", "--batch-size", "64", "--val-size", "8", "--epochs", "1")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    m = int(re.search(r"a training step of 64 images at 32 px needs at least [\d.]+ GiB on cpu, [\d.]+ GiB is "
+                      r"available: give --micro-batch (\d+) \(the same batch of 64", err).group(1))
+    assert 8 <= m < 64 and step_memory(spec, m, "bf16")[1] <= 0.9 * available
+    assert not (tmp_path / "run").exists()
+    assert main([*args, "--micro-batch", str(m)]) == 0
+    assert "warning:" not in capsys.readouterr().out
+    low_64, high_64 = step_memory(spec, 64, "bf16")
+    monkeypatch.setattr("vggnet.runtime.available_memory", lambda device: (low_64 + high_64) // 2)
+    assert main([*args[:args.index("--out") + 1], str(tmp_path / "warned"), *args[args.index("--out") + 2:]]) == 0
+    assert re.search(r"warning: a training step of 64 images at 32 px needs up to [\d.]+ GiB on cpu, [\d.]+ GiB is "
+                     r"available; if the run is killed, give --micro-batch \d+", capsys.readouterr().out)
+    monkeypatch.setenv("VGGNET_SKIP_MEMORY_CHECK", "1")
+    assert main([*args[:args.index("--out") + 1], str(tmp_path / "skip"), *args[args.index("--out") + 2:]]) == 0
+
+
+def test_out_of_memory_in_a_step_is_one_line(tmp_path, monkeypatch, capsys):
+    data = write_image_folder(tmp_path / "d", classes=2, per_class=12)
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr("vggnet.training.forward_backward", oom)
+    assert main(tiny_args(data, tmp_path / "run")) == 2
+    assert capsys.readouterr().err == (f"vggnet train: error: out of memory in a training step of 6 images at 32 px "
+                                       f"on cpu: give --micro-batch 1 or a smaller --batch-size; the run folder keeps "
+                                       f"its last checkpoint\n")

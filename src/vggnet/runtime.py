@@ -110,6 +110,28 @@ def use_device(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes a run may still allocate on ``device``: free GPU memory, or the kernel's
+    MemAvailable on Linux; None where it cannot be told (then nothing is checked)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as fh:
+            fields = dict(line.split(":", 1) for line in fh if ":" in line)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc)))
+
+
 def set_threads(threads: int) -> None:
     """torch's intra-op threads; 0 keeps torch's default (one per core)."""
     if threads:

@@ -97,6 +97,24 @@ def _head_rows(model: nn.Module, h: int, w: int, c: int, rf: int, jump: int) -> 
     return rows
 
 
+# A training step's peak memory over the summary's activations (every layer's fp32 output,
+# one image), measured on VGG-11/16/19-BN at 32, 64 and 224 px (BENCHMARKS 22): 1.33-1.63
+# under bf16 autocast, 2.28-2.74 in fp32 (BN inputs, ReLU masks and pooling indices besides).
+STEP_MEMORY_FACTOR = {"bf16": (1.3, 1.7), "fp16": (1.3, 1.7), "fp32": (2.2, 2.8)}
+
+
+def step_memory(spec: object, images: int, precision: str, copies: int = 4) -> tuple[int, int]:
+    """(at least, at most) bytes a training step of ``images`` images in one pass needs:
+    activations at the spec's input size, ``copies`` fp32 copies of the parameters
+    (weights, gradients, momentum, a moving average) and autocast's half-precision copy."""
+    rows = summarize(spec.config, batch_norm=spec.batch_norm, input_size=(spec.input_size, spec.input_size),
+                     head=spec.head, num_classes=spec.num_classes, width=spec.width)
+    t = totals(rows)
+    low, high = STEP_MEMORY_FACTOR.get(precision, STEP_MEMORY_FACTOR["fp32"])
+    fixed = t["params"] * (4 * copies + (2 if precision in ("bf16", "fp16") else 0))
+    return int(low * t["memory_bytes"] * images) + fixed, int(high * t["memory_bytes"] * images) + fixed
+
+
 def totals(rows: list[LayerRow]) -> dict[str, int]:
     return {"activations": sum(r.activations for r in rows), "memory_bytes": sum(r.memory_bytes for r in rows),
             "weights": sum(r.weights for r in rows), "biases": sum(r.biases for r in rows),

@@ -38,6 +38,7 @@ from .progress import Progress, summary
 from .report import accuracy, final_report
 from .schedule import Schedule
 from .settings import RunSettings, resolve_settings
+from .summary import step_memory
 from .tensorboard_log import RunBoard
 from .transfer import freeze, frozen_modules, pretrained_model
 from .weights import ModelSpec, warm_start
@@ -98,6 +99,7 @@ class Trainer:
         self.state = TrainState()
         self.stop_requested, self.steps_this_process, self.started = False, 0, time.monotonic()
         self.progress = Progress(self.world.main, s.log_every)
+        self._check_memory()
         if resume:
             self.load_checkpoint(self.out / "last.safetensors")
         self.board = RunBoard(self.out, self.world.main, self.progress.say, self.state.step if resume else None)
@@ -129,6 +131,33 @@ class Trainer:
             self.net = torch.compile(self.net)
         self.opt = make_optimizer(self.model, r, s.backbone_lr_scale if s.pretrained else 1.0)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")   # fp16 needs loss scaling
+
+    def _check_memory(self) -> None:
+        """Refuse, before the first step, a batch whose activations cannot fit the memory
+        left on the device (the kernel would kill the run without a word; 3.1's batch of 256
+        at 224 px needs about 25 GB), naming the --micro-batch that fits; warn where it may not
+        fit. VGGNET_SKIP_MEMORY_CHECK=1 skips it (BENCHMARKS 22 has the estimate's basis)."""
+        available = runtime.available_memory(self.world.device)
+        if available is None or os.environ.get("VGGNET_SKIP_MEMORY_CHECK"):
+            return
+        r, cpu = self.r, self.world.device == "cpu"
+        sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if cpu else 1   # torchrun ranks share the RAM
+        shard = -(-min(r.batch_size, len(self.train)) // self.world.size)    # a rank's images per step
+        images = min(r.micro_batch, shard) if r.micro_batch else shard
+        need = lambda n: [b * sharing for b in step_memory(self.spec, n, self.precision, 4 + (r.ema > 0))]  # noqa: E731
+        low, high = need(images)
+        if high <= available:
+            return
+        fits = [m for m in (256, 128, 64, 32, 16, 8, 4, 2, 1) if m < images and need(m)[1] <= 0.9 * available]
+        advice = (f"--micro-batch {fits[0]} (the same batch of {r.batch_size}, in passes of {fits[0]} images; BN "
+                  "then normalises over each pass) or a smaller --batch-size" if fits else
+                  "a smaller --crop-size or --width (not even one image at a time fits)")
+        what = (f"a training step of {images} images at {self.spec.input_size} px needs {{}} GiB on "
+                f"{self.world.device}, {available / 2**30:.1f} GiB is available")
+        if low > available:
+            raise VggnetError(f"{what.format(f'at least {low / 2**30:.1f}')}: give {advice} "
+                              "(VGGNET_SKIP_MEMORY_CHECK=1 skips this check)")
+        self.progress.say(f"warning: {what.format(f'up to {high / 2**30:.1f}')}; if the run is killed, give {advice}")
 
     def _check_out_dir(self) -> None:
         """Fail before training, not after the first epoch, if the run folder is not writable."""
@@ -181,8 +210,15 @@ class Trainer:
             lr = self.schedule.lr_at(st.step)
             for g in self.opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]
-            loss, logits = forward_backward(self.net, x, y, self.r.micro_batch, self.r.label_smoothing,
-                                            self.precision, global_batch, self.world.size, self.scaler)
+            try:
+                loss, logits = forward_backward(self.net, x, y, self.r.micro_batch, self.r.label_smoothing,
+                                                self.precision, global_batch, self.world.size, self.scaler)
+            except RuntimeError as exc:     # torch.OutOfMemoryError is one
+                if not runtime.is_out_of_memory(exc):
+                    raise
+                raise VggnetError(f"out of memory in a training step of {len(y)} images at {x.shape[-1]} px on "
+                                  f"{self.world.device}: give --micro-batch {max(1, len(y) // 4)} or a smaller "
+                                  "--batch-size; the run folder keeps its last checkpoint") from None
             if not torch.isfinite(loss):
                 last = self.out / "last.safetensors"
                 where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
