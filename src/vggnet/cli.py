@@ -16,9 +16,13 @@ from typing import Callable, Sequence
 from .configs import INITS, PROTOCOLS, RECIPES, STUDY_CONFIGS
 from .errors import VggnetError, os_error
 
+EXIT_STOPPED = 75   # EX_TEMPFAIL of sysexits.h: stopped before the end, continue it with --resume
+STOPPED_EPILOG = (f"exit status: 0 finished, 2 a one-line error, {EXIT_STOPPED} stopped early by --time-limit, "
+                  "Ctrl-C or SIGTERM with a checkpoint to continue from (0 under torchrun)")
+
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a VGG (default: VGG-16-BN on CIFAR-10, fast recipe)")
+    p = sub.add_parser("train", help="train a VGG (default: VGG-16-BN on CIFAR-10, fast recipe)", epilog=STOPPED_EPILOG)
     p.add_argument("--config", help="Table 1 configuration: A, A-LRN, B, C, D, E (the paper's nets, without BN) "
                                     "or a name: vgg16, vgg16_bn ... (default: vgg16_bn)")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
@@ -106,8 +110,6 @@ def _run_train(args: argparse.Namespace) -> int:
     return exit_status(train(resume=bool(args.resume), **options))   # it prints its header, progress and summary
 
 
-EXIT_STOPPED = 75   # EX_TEMPFAIL of sysexits.h: stopped before the end, continue it with --resume
-
 
 def exit_status(result: dict) -> int:
     """0 for a run that reached its end, EXIT_STOPPED for one stopped early (--time-limit,
@@ -117,7 +119,8 @@ def exit_status(result: dict) -> int:
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="fit pretrained weights (torchvision, Keras, a vggnet run) to your image folder")
+    p = sub.add_parser("finetune", help="fit pretrained weights (torchvision, Keras, a vggnet run) to your image folder",
+                       epilog=STOPPED_EPILOG)
     p.add_argument("--weights", required=True, help="pretrained weights (.safetensors, `vggnet convert` output) "
                                                     "or a run folder")
     p.add_argument("--data", required=True, help="image folder with train/<class>/* and test/<class>/*")
@@ -302,7 +305,9 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_study(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("study", help="the paper's comparisons (Tables 3-5, 4.1) re-run on a data set")
+    p = sub.add_parser("study", help="the paper's comparisons (Tables 3-5, 4.1) re-run on a data set",
+                       epilog=f"exit status: 0 finished, 2 a one-line error, {EXIT_STOPPED} stopped early by Ctrl-C "
+                              "or SIGTERM (the same command continues it)")
     p.add_argument("data", help="image folder with train/ and test/ (e.g. ../shared/data/cifar10-jpeg)")
     p.add_argument("--configs", default=",".join(STUDY_CONFIGS), help="comma-separated configurations")
     p.add_argument("--epochs", type=int, default=15, help="epochs per run (one budget for all)")
