@@ -145,17 +145,18 @@ def read_image(path: Path) -> torch.Tensor:
     try:
         image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except Exception as exc:  # torchvision raises RuntimeError for corrupt files
-        return _read_with_pil(path, exc)
+        return _read_with_pil(path, raw, exc)
     if image.dtype != torch.uint8:  # 16-bit PNG
         image = (image.to(torch.int32) >> 8).to(torch.uint8)
     return image
 
 
-def _read_with_pil(path: Path, first_error: Exception) -> torch.Tensor:
-    """Fallback for formats torchvision does not decode (CMYK JPEG on some builds, GIF, TIFF)."""
+def _read_with_pil(path: Path, raw: bytes, first_error: Exception) -> torch.Tensor:
+    """Fallback for formats torchvision does not decode (CMYK JPEG on some builds, GIF, TIFF),
+    from the bytes already read."""
     from PIL import Image
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(raw)) as img:
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 img = img.point(lambda v: v / 256).convert("L")
