@@ -112,3 +112,25 @@ def test_labels_map_to_the_models_classes(tmp_path):
     bad = write_folder(tmp_path / "bad", ["unicorn"], [(32, 32)])
     with pytest.raises(DataError, match="folders \\['unicorn'\\] name no class of the model"):
         list_labelled_images(bad, meta)
+
+
+def test_scoring_takes_as_many_images_at_a_time_as_the_memory_left_holds(monkeypatch):
+    """`eval --scales 4096` on a batch of 50 must not ask for 100 GB: the dense net scores as
+    many images at a time as half the memory left holds (the same numbers), and a size where
+    not even one fits is one line."""
+    from vggnet.errors import VggnetError
+    from vggnet.summary import score_memory
+    m = eval_model(head="cifar", size=32)
+    images = torch.randint(0, 256, (7, 3, 48, 64), dtype=torch.uint8)
+    whole = m.dense_eval(images, [48])
+    one = score_memory(m.meta, 48, 64, m.precision)
+    passes = []
+    real = m.dense_net.__call__
+    monkeypatch.setattr("vggnet.runtime.available_memory", lambda device: 2 * 3 * one)   # room for 3 at a time
+    monkeypatch.setattr(type(m.dense_net), "__call__", lambda self, x: passes.append(len(x)) or real(x))
+    assert torch.allclose(m.dense_eval(images, [48]), whole, atol=1e-6)
+    assert passes == [3, 3, 1] * 2                                                       # the image, then its mirror
+    monkeypatch.setattr("vggnet.runtime.available_memory", lambda device: int(one / 0.95))    # one, but not in 90 %
+    with pytest.raises(VggnetError, match=r"scoring one 48x64 image needs about .* GiB is available on cpu: give "
+                                          r"smaller --scales"):
+        m.dense_eval(images, [48])

@@ -27,6 +27,7 @@ from .errors import VggnetError
 from .inference import InferenceNet
 from .model import VGG, to_dense
 from .preprocess import Preprocessing, eval_scales, rescale
+from .summary import score_memory
 from .weights import MAX_INPUT, ModelSpec, load_weights
 
 
@@ -107,8 +108,23 @@ class EvalModel:
 
     @torch.no_grad()
     def softmax(self, net: InferenceNet, x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+        """Posteriors of ``x``, scored ``chunk`` images at a time or fewer: as many as the
+        memory left holds (the same numbers, since scoring is per image)."""
+        chunk = min(chunk, self.images_that_fit(x.shape[-2], x.shape[-1], net.device))
         return torch.cat([F.softmax(net(self.prepare(x[i:i + chunk])).float(), dim=1)
                           for i in range(0, len(x), chunk)])
+
+    def images_that_fit(self, height: int, width: int, device: torch.device) -> int:
+        """How many images of this size one pass may score in half the memory left on the
+        device (BENCHMARKS 22); VggnetError when not even one fits in 90 % of it."""
+        available = runtime.available_memory(device)
+        if available is None:
+            return 1 << 30
+        one = score_memory(self.meta, height, width, self.precision)
+        if one > 0.9 * available:
+            raise VggnetError(f"scoring one {height}x{width} image needs about {one / 2**30:.1f} GiB, "
+                              f"{available / 2**30:.1f} GiB is available on {device}: give smaller --scales")
+        return max(1, available // 2 // one)
 
     def single(self, images: torch.Tensor, q: int) -> torch.Tensor:
         """Rescale to Q, centre crop (Table 3's single-scale crop)."""
@@ -119,8 +135,12 @@ class EvalModel:
         averaged, for the image and its mirror, at every Q; posteriors averaged."""
         outs = []
         for q in qs:
-            x = rescale(images, q)
-            outs += [self.softmax(self.dense_net, x, chunk=32), self.softmax(self.dense_net, x.flip(-1), chunk=32)]
+            plain, mirrored = [], []
+            for part in images.split(32):      # rescaled 32 images at a time: a batch at a large Q is GBs
+                x = rescale(part, q)
+                plain.append(self.softmax(self.dense_net, x, chunk=32))
+                mirrored.append(self.softmax(self.dense_net, x.flip(-1), chunk=32))
+            outs += [torch.cat(plain), torch.cat(mirrored)]
         return torch.stack(outs).mean(0)
 
     def multi_crop(self, images: torch.Tensor, qs: list[int]) -> torch.Tensor:

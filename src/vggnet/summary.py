@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 from dataclasses import dataclass
@@ -98,9 +99,9 @@ def _head_rows(model: nn.Module, h: int, w: int, c: int, rf: int, jump: int) -> 
 
 
 # A training step's peak memory over the summary's activations (every layer's fp32 output,
-# one image), measured on VGG-11/16/19-BN at 32, 64 and 224 px (BENCHMARKS 22): 1.33-1.63
-# under bf16 autocast, 2.28-2.74 in fp32 (BN inputs, ReLU masks and pooling indices besides).
-STEP_MEMORY_FACTOR = {"bf16": (1.3, 1.7), "fp16": (1.3, 1.7), "fp32": (2.2, 2.8)}
+# one image), measured on VGG-11/16/19-BN at 32, 64 and 224 px in three runs (BENCHMARKS 22):
+# 1.30-1.63 under bf16 autocast, 2.26-2.74 in fp32 (BN inputs, ReLU masks, pooling indices).
+STEP_MEMORY_FACTOR = {"bf16": (1.25, 1.7), "fp16": (1.25, 1.7), "fp32": (2.2, 2.8)}
 
 
 def step_memory(spec: object, images: int, precision: str, copies: int = 4) -> tuple[int, int]:
@@ -113,6 +114,27 @@ def step_memory(spec: object, images: int, precision: str, copies: int = 4) -> t
     low, high = STEP_MEMORY_FACTOR.get(precision, STEP_MEMORY_FACTOR["fp32"])
     fixed = t["params"] * (4 * copies + (2 if precision in ("bf16", "fp16") else 0))
     return int(low * t["memory_bytes"] * images) + fixed, int(high * t["memory_bytes"] * images) + fixed
+
+
+# Scoring one image (no gradients): the peak over the largest layer's fp32 output, measured
+# on VGG-11/16/19 dense nets at 512-1024 px (BENCHMARKS 22): 1.16-1.18 in bf16, 2.08-2.32 in
+# fp32 (a layer's input and output alive at once).
+SCORE_MEMORY_FACTOR = {"bf16": 1.4, "fp16": 1.4, "fp32": 2.6, "int8": 2.6}
+
+
+def score_memory(spec: object, height: int, width: int, precision: str) -> int:
+    """Bytes that scoring one ``height`` x ``width`` image needs (an upper estimate): the
+    largest layer is a conv of block 1 at any size, so the crop net and its dense form agree."""
+    largest = largest_layer_bytes(spec.config, spec.batch_norm, spec.head, spec.num_classes, spec.width, height, width)
+    return int(SCORE_MEMORY_FACTOR.get(precision, 2.6) * largest)
+
+
+@functools.lru_cache(maxsize=256)    # asked for every batch that eval scores
+def largest_layer_bytes(config: str, batch_norm: bool, head: str, num_classes: int, width: float,
+                        height: int, image_width: int) -> int:
+    rows = summarize(config, batch_norm=batch_norm, input_size=(height, image_width), head=head,
+                     num_classes=num_classes, width=width)
+    return max(r.memory_bytes for r in rows)
 
 
 def totals(rows: list[LayerRow]) -> dict[str, int]:
