@@ -130,6 +130,9 @@ def test_scoring_takes_as_many_images_at_a_time_as_the_memory_left_holds(monkeyp
     monkeypatch.setattr(type(m.dense_net), "__call__", lambda self, x: passes.append(len(x)) or real(x))
     assert torch.allclose(m.dense_eval(images, [48]), whole, atol=1e-6)
     assert passes == [3, 3, 1] * 2                                                       # the image, then its mirror
+    protocols = ["single", "dense", "multi-crop"]     # every protocol rescales its images a part at a time
+    whole_parts, small_parts = m.posteriors(images, protocols, [48]), m.posteriors(images, protocols, [48], part=3)
+    assert all(torch.allclose(whole_parts[p], small_parts[p], atol=1e-6) for p in protocols)
     monkeypatch.setattr("vggnet.runtime.available_memory", lambda device: int(one / 0.95))    # one, but not in 90 %
     with pytest.raises(VggnetError, match=r"scoring one 48x64 image needs about .* GiB is available on cpu: give "
                                           r"smaller --scales"):

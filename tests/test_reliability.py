@@ -251,7 +251,7 @@ def test_output_paths_that_are_folders_and_old_opsets_are_one_line(tmp_path, cap
     assert "--opset 99: torch's ONNX exporter writes opsets 18 to " in capsys.readouterr().err   # not opset 18 in silence
     assert not (tmp_path / "m.onnx").exists()
     assert main(["predict", "--weights", str(w), str(tmp_path), "--top", "0"]) == 2
-    assert "--top and the batch size must be >= 1; got 0" in capsys.readouterr().err
+    assert "--topk and the batch size must be >= 1; got 0" in capsys.readouterr().err
     assert main(["eval", "--weights", str(w), "--data", str(tmp_path), "--scales", "100000"]) == 2
     assert "--scales must be sides from 32 to 4096 px" in capsys.readouterr().err
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .configs import INITS, PROTOCOLS, RECIPES, STUDY_CONFIGS
+from .configs import INITS, PRECISIONS, PROTOCOLS, RECIPES, STUDY_CONFIGS
 from .errors import VggnetError, os_error
 
 EXIT_STOPPED = 75   # EX_TEMPFAIL of sysexits.h: stopped before the end, continue it with --resume
@@ -34,7 +34,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="override the recipe's (peak) learning rate")
     p.add_argument("--weight-decay", type=float, help="override the recipe's weight decay")
     p.add_argument("--init", choices=list(INITS), help="override the recipe's initialisation")
-    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"],
+    p.add_argument("--precision", choices=PRECISIONS,
                    help="bf16 autocast where the device runs it (a GPU without bf16: fp16 with loss scaling; a CPU "
                         "without: fp32), or fp32 (default: the recipe's, bf16)")
     p.add_argument("--train-scale", type=int, nargs="+", metavar="S",
@@ -108,7 +108,6 @@ def _run_train(args: argparse.Namespace) -> int:
             raise VggnetError(f"--resume {args.resume} and --out {args.out} name two run folders; give one")
         options["out"] = args.resume
     return exit_status(train(resume=bool(args.resume), **options))   # it prints its header, progress and summary
-
 
 
 def exit_status(result: dict) -> int:
@@ -191,7 +190,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scales", type=int, nargs="+", help="test scales Q (default: from the training scale)")
     p.add_argument("--limit", type=int, default=0, help="evaluate a seeded random subset of N images")
     p.add_argument("--batch-size", type=int, default=50, help="images scored together")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"],
+    p.add_argument("--precision", choices=[*PRECISIONS, "int8"],
                    help="scoring numerics, BN folded: fp32, bf16, fp16 (GPUs), or int8 (CPUs) calibrated on 256 "
                         "images of DATA/train (else of DATA) (default: bf16 where the device runs it, fp16 on "
                         "older GPUs, else fp32)")
@@ -258,7 +257,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes listed per image")
     p.add_argument("--batch-size", type=int, default=32, help="images scored together")
     p.add_argument("--format", choices=["table", "json"], default="table", help="output format")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--precision", choices=PRECISIONS,
                    help="scoring numerics, BN folded (default: bf16 where the device runs it, fp16 on older GPUs, "
                         "else fp32)")
     p.add_argument("--compile", action="store_true",

@@ -145,6 +145,9 @@ def parse_token(token: str) -> tuple[str, int, int]:
     return "conv", int(kind[4:]), int(channels)
 
 
+PRECISIONS = ("bf16", "fp16", "fp32")   # training autocast (fp16: GPUs without bf16); scoring adds int8
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A named set of training hyper-parameters; the resolved recipe is saved with every run."""
@@ -193,13 +196,14 @@ class Recipe:
                  ("dropout", 0 <= self.dropout < 1, "in [0, 1)"), ("micro_batch", self.micro_batch >= 0, ">= 0"),
                  ("cutout", self.cutout >= 0, ">= 0 (0: off)"), ("crop_size", self.crop_size >= 0, ">= 0"),
                  ("lighting", finite(self.lighting) and self.lighting >= 0, ">= 0 (0: off)"),
-                 ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"), ("crop_padding", self.crop_padding >= 0, ">= 0")]
+                 ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"), ("crop_padding", self.crop_padding >= 0, ">= 0"),
+                 ("ema", 0 <= self.ema < 1, "a decay in [0, 1), 0 for off")]
         for name, ok, expected in rules:
             if not ok:
                 raise VggnetError(f"{name} (--{name.replace('_', '-')}) must be {expected}; got {getattr(self, name)}")
         if self.train_scale is not None and not 1 <= self.train_scale[0] <= self.train_scale[1]:
             raise VggnetError(f"train scale (--train-scale) must be SMIN <= SMAX, both >= 1; got {self.train_scale}")
-        if self.precision not in ("bf16", "fp16", "fp32"):
+        if self.precision not in PRECISIONS:
             raise VggnetError(f"precision (--precision) must be bf16, fp16 or fp32; got {self.precision!r}")
         return self
 

@@ -135,12 +135,8 @@ class EvalModel:
         averaged, for the image and its mirror, at every Q; posteriors averaged."""
         outs = []
         for q in qs:
-            plain, mirrored = [], []
-            for part in images.split(32):      # rescaled 32 images at a time: a batch at a large Q is GBs
-                x = rescale(part, q)
-                plain.append(self.softmax(self.dense_net, x, chunk=32))
-                mirrored.append(self.softmax(self.dense_net, x.flip(-1), chunk=32))
-            outs += [torch.cat(plain), torch.cat(mirrored)]
+            x = rescale(images, q)
+            outs += [self.softmax(self.dense_net, x, chunk=32), self.softmax(self.dense_net, x.flip(-1), chunk=32)]
         return torch.stack(outs).mean(0)
 
     def multi_crop(self, images: torch.Tensor, qs: list[int]) -> torch.Tensor:
@@ -152,8 +148,13 @@ class EvalModel:
             outs.append(self.softmax(self.net, crops).view(2, b, 25, -1).mean(dim=(0, 2)))
         return torch.stack(outs).mean(0)
 
-    def posteriors(self, images: torch.Tensor, protocols: list[str], scales: list[int] | None) -> dict[str, torch.Tensor]:
-        """{protocol: (B, classes) averaged softmax}; combined protocols reuse their parts."""
+    def posteriors(self, images: torch.Tensor, protocols: list[str], scales: list[int] | None,
+                   part: int = 32) -> dict[str, torch.Tensor]:
+        """{protocol: (B, classes) averaged softmax}; combined protocols reuse their parts.
+        ``part`` images at a time: every protocol rescales its images whole, GBs at a large Q."""
+        if len(images) > part:
+            parts = [self.posteriors(x, protocols, scales, part) for x in images.split(part)]
+            return {p: torch.cat([r[p] for r in parts]) for p in protocols}
         q, multi = self.chosen_scales(scales)
         parts: dict[str, torch.Tensor] = {}
         need = set(protocols)

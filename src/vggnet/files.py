@@ -20,6 +20,10 @@ except ImportError:     # Windows: no flock; runs there are not locked
     fcntl = None  # type: ignore[assignment]
 
 
+# The names `replacing` gives its temporaries: .NAME.PID.tmp, .NAME.PID.tmp.png, .NAME.PID.part
+TEMPORARY = re.compile(r"\..+\.\d+(\.tmp|\.tmp\.png|\.part)")
+
+
 @contextlib.contextmanager
 def replacing(path: str | Path, fsync: bool = False, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path beside ``path`` for the block to write; renamed over ``path`` when
@@ -119,7 +123,7 @@ class FolderLock:
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Delete the temporary files a killed writer left in ``folder`` (call it holding the
     folder's lock: no other writer can be mid-write); returns what was removed."""
-    stale = [p for p in Path(folder).glob("*.tmp") if p.is_file()]    # hidden ones too
+    stale = [p for p in Path(folder).iterdir() if TEMPORARY.fullmatch(p.name) and p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

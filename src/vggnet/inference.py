@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from . import runtime
+from .configs import PRECISIONS as TRAINING_PRECISIONS
 from .errors import VggnetError
 from .model import VGG, fold_batchnorm
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS = (*TRAINING_PRECISIONS, "int8")   # int8: x86 CPUs, calibrated
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

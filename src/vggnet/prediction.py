@@ -45,7 +45,7 @@ def predict(target: str | Path, weights: str | Path, topk: int = 5, batch_size: 
         raise VggnetError("predict runs in fp32, bf16 or fp16; int8 needs calibration images "
                           "(vggnet eval --precision int8)")
     if topk < 1 or batch_size < 1:
-        raise VggnetError(f"--top and the batch size must be >= 1; got {topk}, {batch_size}")
+        raise VggnetError(f"--topk and the batch size must be >= 1; got {topk}, {batch_size}")
     dev = runtime.resolve_device(device)
     precision = precision or runtime.resolve_precision("bf16", dev)
     m = EvalModel(*load_weights(weights)).use_precision(precision, compile=compile, device=dev)

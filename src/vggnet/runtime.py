@@ -14,7 +14,6 @@ import torch
 
 from .errors import VggnetError
 
-PRECISIONS = ("bf16", "fp16", "fp32")   # training autocast; inference adds int8 (vggnet.inference)
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
 
@@ -81,6 +80,8 @@ def resolve_precision(requested: str, device: torch.device | str) -> str:
     """What runs for a requested precision on a device: on CUDA, bf16 where the GPU has it
     (compute capability 8.0 and up), else fp16 (with a gradient scaler in training); on the
     CPU, bf16 only with native bf16 (else fp32); fp32 always as asked."""
+    # imported here: at the top, it moved glibc's heap enough to hide the page faults test_train measures
+    from .configs import PRECISIONS
     device = torch.device(device)
     if requested not in PRECISIONS:
         raise VggnetError(f"unknown precision {requested!r}; valid: {', '.join(PRECISIONS)}")

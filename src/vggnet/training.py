@@ -60,10 +60,9 @@ class Trainer:
             self._prepare(resume)
         except BaseException:   # a bad --data or --out: leave the process group, and no folder, behind
             teardown(self.world)
-            ours = created and self.lock.held    # not a folder another run made and locked meanwhile
+            if created and self.lock.held:    # not a folder another run made and locked meanwhile
+                shutil.rmtree(self.out, ignore_errors=True)     # still locked: no run can take it in between
             self.lock.release()
-            if ours:
-                shutil.rmtree(self.out, ignore_errors=True)
             raise
 
     @property
@@ -121,8 +120,6 @@ class Trainer:
             convert_sync_batchnorm(self.model, cuda=self.world.device.startswith("cuda"))
         self.model = self.model.to(self.world.device, memory_format=torch.channels_last)
         self.net: torch.nn.Module = self.model    # what the step runs: the model, or DDP around it
-        if not 0.0 <= r.ema < 1.0:
-            raise VggnetError(f"ema (--ema) must be a decay in [0, 1), 0 for off; got {r.ema}")
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(r.ema), use_buffers=True)
                     if r.ema else None)
         if self.world.size > 1:
@@ -223,7 +220,7 @@ class Trainer:
                 last = self.out / "last.safetensors"
                 where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
                 raise DivergedError(f"loss is {loss.item()} at epoch {st.epoch + 1}, step {i + 1}, "
-                                         f"lr {lr:.3g}; {where} (a lower --lr, or --precision fp32, may help)")
+                                    f"lr {lr:.3g}; {where} (a lower --lr, or --precision fp32, may help)")
             self.scaler.step(self.opt)      # the plain step unless fp16 scales the loss
             self.scaler.update()
             if self.ema is not None:

@@ -204,7 +204,6 @@ def linear_finetune(settings: RunSettings, cut: str = "fc7") -> dict:
     try:
         return _linear_run(s, out, cut)
     except BaseException:   # nothing here resumes (the features stay cached): no half-written folder left
-        lock.release()
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
