@@ -146,8 +146,9 @@ class Trainer:
         if high <= available:
             return
         fits = [m for m in (256, 128, 64, 32, 16, 8, 4, 2, 1) if m < images and need(m)[1] <= 0.9 * available]
-        advice = (f"--micro-batch {fits[0]} (the same batch of {r.batch_size}, in passes of {fits[0]} images; BN "
-                  "then normalises over each pass) or a smaller --batch-size" if fits else
+        bn = "; BN then normalises over each pass" if self.spec.batch_norm else ""
+        advice = (f"--micro-batch {fits[0]} (the same batch of {r.batch_size}, in passes of {fits[0]} images{bn}) "
+                  "or a smaller --batch-size" if fits else
                   "a smaller --crop-size or --width (not even one image at a time fits)")
         what = (f"a training step of {images} images at {self.spec.input_size} px needs {{}} GiB on "
                 f"{self.world.device}, {available / 2**30:.1f} GiB is available")
