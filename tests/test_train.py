@@ -377,9 +377,11 @@ def test_freed_buffers_are_reused_without_page_faults():
         out = subprocess.run([sys.executable, "-c", PAGE_FAULTS, mode], capture_output=True, text=True, check=True)
         tuned, n = out.stdout.split()
         return tuned, int(n)
-    # glibc's default returns the 32 MiB to the OS: ~8,192 4-KiB pages again per step. In about
-    # one run of three, something allocated above them pins the heap top (~200 faults): any of 5.
-    assert any(faults("default")[1] > 4000 for _ in range(5))
+    # glibc's default returns the 32 MiB to the OS: ~8,192 4-KiB pages again per step. Where the
+    # heap lands varies per process: in 24 runs of this tree, 9 showed it (7,961-8,160), the others
+    # ~200 or ~1,700 (something above the buffers pins part of the heap top). Any of 15: 5 missed
+    # it about one CI run in ten.
+    assert any(faults("default")[1] > 4000 for _ in range(15))
     tuned, n = faults("tuned")
     assert tuned == "True" and n < 1000      # 0 in most runs, ~200 in some: never a step's 8,192 pages
 
